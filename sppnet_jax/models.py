@@ -1,0 +1,291 @@
+"""The paper's four conv trunks (Table 1) with an SPP head or the no-SPP baseline head.
+
+Every trunk is a tuple of layer specs; the same tuple builds the Flax module and gives the
+receptive-field geometry (``geometry``) and map sizes (``conv_map_size``), so the two can
+never disagree. Paddings are chosen so that floor-rounded (VALID) pooling gives the paper's
+map sizes: 13x13 for ZF-5 and Convnet*-5 and 18x18 for Overfeat at 224, 10x10 for ZF-5 at
+180 (Caffe and cuda-convnet rounded pooled sizes up; the released ZF-5 pads conv2 by 0 and
+relies on that, here conv2 pads by 2 instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sppnet_jax import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+  features: int
+  kernel: int
+  stride: int = 1
+  pad: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  window: int
+  stride: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LRN:
+  """Local response normalisation, Caffe conventions.
+
+  ``within``: ``x * (1 + alpha / size**2 * sum_{size x size, zero padded} x**2) ** -beta``
+  (the released ZF-5: size 3, alpha 5e-5, beta 0.75).
+  ``across``: ``x * (1 + alpha / size * sum_{size channels} x**2) ** -beta`` (AlexNet-style).
+  """
+  kind: str
+  size: int
+  alpha: float
+  beta: float = 0.75
+
+
+Layer = Conv | Pool | LRN
+
+_ZF_LRN = LRN("within", 3, 5e-5)
+_ALEX_LRN = LRN("across", 5, 1e-4)
+
+TRUNKS: dict[str, tuple[Layer, ...]] = {
+    "zf5": (Conv(96, 7, 2, 1), _ZF_LRN, Pool(3, 2),
+            Conv(256, 5, 2, 2), _ZF_LRN, Pool(3, 2),
+            Conv(384, 3, 1, 1), Conv(384, 3, 1, 1), Conv(256, 3, 1, 1)),
+    "convnet5": (Conv(96, 11, 4, 2), _ALEX_LRN,
+                 Conv(256, 5, 1, 2), _ALEX_LRN, Pool(3, 2),
+                 Conv(384, 3, 1, 1), Pool(3, 2),
+                 Conv(384, 3, 1, 1), Conv(256, 3, 1, 1)),
+    "overfeat5": (Conv(96, 7, 2, 0), Pool(3, 3), _ALEX_LRN,
+                  Conv(256, 5, 1, 2), Pool(2, 2),
+                  Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Conv(512, 3, 1, 1)),
+    "overfeat7": (Conv(96, 7, 2, 0), Pool(3, 3), _ALEX_LRN,
+                  Conv(256, 5, 1, 2), Pool(2, 2),
+                  Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Conv(512, 3, 1, 1),
+                  Conv(512, 3, 1, 1), Conv(512, 3, 1, 1)),
+}
+
+# No-SPP baselines: the pool5 (window, stride) that turns the 224-input map into 6x6.
+BASELINE_POOL5 = {"zf5": (3, 2), "convnet5": (3, 2), "overfeat5": (3, 3), "overfeat7": (3, 3)}
+
+
+def trunk_layers(name: str, width: float = 1.0, depth: int | None = None) -> tuple[Layer, ...]:
+  """The layer specs of trunk ``name``, conv widths scaled by ``width``.
+
+  ``depth`` keeps only the first ``depth`` conv layers (everything after the last kept conv
+  is dropped): a slim, shallow version of the same code for tests and CPU runs.
+  """
+  if name not in TRUNKS:
+    raise ValueError(f"unknown trunk {name!r}; choose one of {sorted(TRUNKS)}.")
+  if width <= 0:
+    raise ValueError(f"width must be positive; got {width}.")
+  layers, convs = [], 0
+  for layer in TRUNKS[name]:
+    if isinstance(layer, Conv):
+      if depth is not None and convs == depth:
+        break
+      convs += 1
+      layer = dataclasses.replace(layer, features=max(1, int(round(layer.features * width))))
+    layers.append(layer)
+  return tuple(layers)
+
+
+def spatial_layers(layers: Sequence[Layer]) -> list[ops.geometry.SpatialLayer]:
+  """(kernel, stride, pad) of each conv and pooling layer, for the geometry ops."""
+  out = []
+  for layer in layers:
+    if isinstance(layer, Conv):
+      out.append((layer.kernel, layer.stride, layer.pad))
+    elif isinstance(layer, Pool):
+      out.append((layer.window, layer.stride, 0))
+  return out
+
+
+def geometry(layers: Sequence[Layer]) -> ops.Geometry:
+  return ops.trunk_geometry(spatial_layers(layers))
+
+
+def conv_map_size(layers: Sequence[Layer], size: int) -> int:
+  return ops.output_size(spatial_layers(layers), size)
+
+
+def lrn(x: jax.Array, spec: LRN) -> jax.Array:
+  sq = jnp.square(x.astype(jnp.float32))
+  half = spec.size // 2
+  if spec.kind == "within":
+    window, pad = (1, spec.size, spec.size, 1), ((0, 0), (half, half), (half, half), (0, 0))
+    norm = spec.alpha / spec.size**2
+  elif spec.kind == "across":
+    window, pad = (1, 1, 1, spec.size), ((0, 0), (0, 0), (0, 0), (half, half))
+    norm = spec.alpha / spec.size
+  else:
+    raise ValueError(f"LRN kind must be 'within' or 'across'; got {spec.kind!r}.")
+  total = jax.lax.reduce_window(sq, 0.0, jax.lax.add, window, (1, 1, 1, 1), pad)
+  return (x * jnp.power(1.0 + norm * total, -spec.beta).astype(x.dtype)).astype(x.dtype)
+
+
+def _initializers(kind: str, bias: float):
+  if kind == "paper":  # the released model: Gaussian std 0.01, constant biases
+    return nn.initializers.normal(0.01), nn.initializers.constant(bias)
+  if kind == "he":
+    return nn.initializers.he_normal(), nn.initializers.zeros
+  raise ValueError(f"initializer must be 'paper' or 'he'; got {kind!r}.")
+
+
+# Bias constants of the released ZF-5 (conv1 0, conv2 1, conv3 0, conv4 1, conv5 1, fc 1).
+_PAPER_CONV_BIAS = (0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0)
+
+
+class Trunk(nn.Module):
+  """Conv -> ReLU, LRN and max-pool layers in the order of ``layers``; NHWC."""
+  layers: tuple[Layer, ...]
+  initializer: str = "he"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv_index = 0
+    for layer in self.layers:
+      if isinstance(layer, Conv):
+        w_init, b_init = _initializers(self.initializer, _PAPER_CONV_BIAS[conv_index])
+        conv_index += 1
+        x = nn.Conv(layer.features, (layer.kernel, layer.kernel), (layer.stride, layer.stride),
+                    padding=[(layer.pad, layer.pad)] * 2, dtype=self.dtype, kernel_init=w_init,
+                    bias_init=b_init, name=f"conv{conv_index}")(x)
+        x = nn.relu(x)
+      elif isinstance(layer, Pool):
+        x = nn.max_pool(x, (layer.window, layer.window), (layer.stride, layer.stride), "VALID")
+      else:
+        x = lrn(x, layer)
+    return x
+
+
+class Head(nn.Module):
+  """fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> classifier."""
+  num_classes: int
+  fc_width: int = 4096
+  dropout: float = 0.5
+  initializer: str = "he"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, return_fc7: bool = False) -> jax.Array:
+    for name in ("fc6", "fc7"):
+      w_init, b_init = _initializers(self.initializer, 1.0)
+      x = nn.relu(nn.Dense(self.fc_width, dtype=self.dtype, kernel_init=w_init, bias_init=b_init, name=name)(x))
+      if name == "fc7" and return_fc7:
+        return x
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    w_init, _ = _initializers(self.initializer, 0.0)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=w_init, name="fc8")(x)
+    return logits.astype(jnp.float32)
+
+
+class SPPNet(nn.Module):
+  """A trunk, then spatial pyramid pooling (``levels``) or the no-SPP pool5 (``levels=None``), then the fc head.
+
+  ``apply(params, x)`` gives logits for any input at least ``min_input_size`` on a side when
+  ``levels`` is set; the no-SPP network accepts only its training size.
+  Methods for ``apply(..., method=...)``: ``conv_features`` (trunk only, for feature
+  extraction and detection), ``pool`` (conv map to the fc6 input), ``classify`` (fc6 input
+  to logits, or fc7 with ``return_fc7``).
+  """
+  layers: tuple[Layer, ...]
+  num_classes: int = 1000
+  levels: tuple[int, ...] | None = ops.DEFAULT_LEVELS
+  baseline_pool: tuple[int, int] = (3, 2)
+  fc_width: int = 4096
+  dropout: float = 0.5
+  initializer: str = "he"
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.levels is not None:
+      ops.check_levels(self.levels)
+    self.trunk = Trunk(self.layers, self.initializer, self.dtype)
+    self.head = Head(self.num_classes, self.fc_width, self.dropout, self.initializer, self.dtype)
+
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    return self.classify(self.pool(self.conv_features(images)), train)
+
+  def conv_features(self, images: jax.Array) -> jax.Array:
+    check_images(images, self.layers)
+    return self.trunk(images.astype(self.dtype))
+
+  def pool(self, conv: jax.Array) -> jax.Array:
+    if self.levels is not None:
+      return ops.spp(conv, self.levels)
+    window, stride = self.baseline_pool
+    pooled = nn.max_pool(conv, (window, window), (stride, stride), "VALID")
+    return pooled.reshape(pooled.shape[0], -1)
+
+  def classify(self, pooled: jax.Array, train: bool = False, return_fc7: bool = False) -> jax.Array:
+    return self.head(pooled, train, return_fc7)
+
+
+def min_image_size(layers: Sequence[Layer]) -> int:
+  return ops.min_input_size(spatial_layers(layers))
+
+
+def check_images(images, layers: Sequence[Layer]) -> None:
+  """Clear errors for inputs the trunk cannot take."""
+  if getattr(images, "ndim", None) != 4:
+    raise ValueError(f"images must be (B, H, W, 3) NHWC; got shape {getattr(images, 'shape', None)}.")
+  smallest = min_image_size(layers)
+  if min(images.shape[1:3]) < smallest:
+    raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} are too small for this trunk: its last conv "
+                     f"map would be empty. The smallest side that works is {smallest} pixels; resize the "
+                     "images up or use a trunk with fewer strided layers.")
+
+
+def create_model(name: str, num_classes: int = 1000, spp: bool = True, levels: Sequence[int] = ops.DEFAULT_LEVELS,
+                 width: float = 1.0, depth: int | None = None, fc_width: int = 4096, dropout: float = 0.5,
+                 initializer: str = "he", dtype=jnp.float32) -> SPPNet:
+  """The network ``name`` (zf5, convnet5, overfeat5, overfeat7), with SPP or the no-SPP baseline head."""
+  layers = trunk_layers(name, width, depth)
+  return SPPNet(layers=layers, num_classes=num_classes, levels=ops.check_levels(levels) if spp else None,
+                baseline_pool=BASELINE_POOL5[name], fc_width=fc_width, dropout=dropout, initializer=initializer,
+                dtype=jnp.dtype(dtype))
+
+
+def summary(model: SPPNet, image_size: int | tuple[int, int] = 224) -> str:
+  """A table of the layers with their output shapes and parameter counts, for one image of ``image_size``."""
+  h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+  images = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+  rows, shape = [("input", (h, w, 3), 0)], (h, w, 3)
+  conv_index = 0
+  for layer in model.layers:
+    if isinstance(layer, Conv):
+      conv_index += 1
+      name = f"conv{conv_index}"
+      size = [(s + 2 * layer.pad - layer.kernel) // layer.stride + 1 for s in shape[:2]]
+      shape = (*size, layer.features)
+      count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params["trunk"][name]))
+      rows.append((f"{name} {layer.kernel}x{layer.kernel}/{layer.stride} pad {layer.pad}", shape, count))
+    elif isinstance(layer, Pool):
+      shape = (*[(s - layer.window) // layer.stride + 1 for s in shape[:2]], shape[2])
+      rows.append((f"pool {layer.window}x{layer.window}/{layer.stride}", shape, 0))
+    else:
+      rows.append((f"lrn {layer.kind} {layer.size}", shape, 0))
+  if model.levels is not None:
+    rows.append((f"spp {list(model.levels)}", (ops.spp_output_dim(shape[2], model.levels),), 0))
+  else:
+    window, stride = model.baseline_pool
+    side = [(s - window) // stride + 1 for s in shape[:2]]
+    rows.append((f"pool5 {window}x{window}/{stride}", (side[0] * side[1] * shape[2],), 0))
+  for name in ("fc6", "fc7", "fc8"):
+    layer_params = params["head"][name]
+    count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(layer_params))
+    rows.append((name, (layer_params["kernel"].shape[1],), count))
+  total = sum(c for _, _, c in rows)
+  lines = [f"{'layer':<28}{'output':>18}{'params':>14}", "-" * 60]
+  lines += [f"{n:<28}{'x'.join(map(str, s)):>18}{c:>14,}" for n, s, c in rows]
+  lines += ["-" * 60, f"{'total':<28}{'':>18}{total:>14,}"]
+  return "\n".join(lines)
