@@ -1,0 +1,1 @@
+"""Detection building blocks: boxes, VOC evaluation, proposals, SVMs and box regression."""
