@@ -149,8 +149,15 @@ class Trunk(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, valid_hw: jax.Array | None = None) -> jax.Array:
+    """Applies the layers. ``valid_hw`` (B, 2), if given, is each image's true (h, w) in a
+    zero-padded batch: after every layer the cells outside the image's own extent are zeroed,
+    so each image's valid map equals what it would be unpadded (zeros are exactly what the
+    convolutions' own padding reads)."""
     conv_index = 0
+    if valid_hw is not None:
+      valid_hw = jnp.asarray(valid_hw, jnp.int32)
+      x = _mask_to_extent(x, valid_hw)
     for layer in self.layers:
       if isinstance(layer, Conv):
         w_init, b_init = _initializers(self.initializer, _PAPER_CONV_BIAS[conv_index])
@@ -163,7 +170,25 @@ class Trunk(nn.Module):
         x = nn.max_pool(x, (layer.window, layer.window), (layer.stride, layer.stride), "VALID")
       else:
         x = lrn(x, layer)
+      if valid_hw is not None and not isinstance(layer, LRN):
+        kernel, stride, pad = spatial_layers([layer])[0]
+        valid_hw = (valid_hw + 2 * pad - kernel) // stride + 1
+        x = _mask_to_extent(x, valid_hw)
     return x
+
+
+def _mask_to_extent(x: jax.Array, valid_hw: jax.Array) -> jax.Array:
+  rows = jnp.arange(x.shape[1])[None, :, None] < valid_hw[:, 0, None, None]
+  cols = jnp.arange(x.shape[2])[None, None, :] < valid_hw[:, 1, None, None]
+  return jnp.where((rows & cols)[..., None], x, jnp.zeros((), x.dtype))
+
+
+def map_extent(layers: Sequence[Layer], valid_hw: jax.Array) -> jax.Array:
+  """Per-image (h, w) of the last conv map for per-image pixel extents (B, 2); traceable."""
+  hw = jnp.asarray(valid_hw, jnp.int32)
+  for kernel, stride, pad in spatial_layers(layers):
+    hw = (hw + 2 * pad - kernel) // stride + 1
+  return hw
 
 
 class Head(nn.Module):
@@ -214,9 +239,10 @@ class SPPNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     return self.classify(self.pool(self.conv_features(images)), train)
 
-  def conv_features(self, images: jax.Array) -> jax.Array:
+  def conv_features(self, images: jax.Array, valid_hw: jax.Array | None = None) -> jax.Array:
+    """The last conv map; with ``valid_hw`` (B, 2) padded images are treated as their own sizes."""
     check_images(images, self.layers)
-    return self.trunk(images.astype(self.dtype))
+    return self.trunk(images.astype(self.dtype), valid_hw)
 
   def pool(self, conv: jax.Array) -> jax.Array:
     if self.levels is not None:

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Sets up .venv and runs the default test suite (slow tests: add -m slow, or -m "" for all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"
