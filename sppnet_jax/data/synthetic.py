@@ -334,7 +334,9 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, top: int
 
 def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
                  min_size: float, max_size: float, clutter: int,
-                 p_inside: float = 1.0) -> tuple[np.ndarray, list[SceneObject]]:
+                 p_inside: float = 1.0, return_masks: bool = False,
+                 ) -> tuple[np.ndarray, list[SceneObject]] | tuple[
+                   np.ndarray, list[SceneObject], list[np.ndarray]]:
   """Render a scene with one object per entry of ``labels``, drawn in that order.
 
   Object extents (larger side of the unrotated-stretched shape, in pixels) are
@@ -342,7 +344,9 @@ def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
   image with probability ``p_inside`` (always for the last one, so at least one
   object is fully visible); otherwise only its centre does and the border may
   cut it. Later objects occlude earlier ones. Returns the uint8 image and one
-  :class:`SceneObject` per label whose visible part is non-empty (in draw order).
+  :class:`SceneObject` per label whose visible part is non-empty (in draw order);
+  with ``return_masks=True`` also each returned object's visible-pixel mask
+  (h, w) bool, e.g. to check that boxes are tight.
   """
   grain = _grain(rng, h, w)
   amp = float(rng.uniform(0.0, 0.05))
@@ -368,7 +372,7 @@ def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
     mh, mw = mask.shape
     coverage[top:top + mh, left:left + mw][mask] = k + 1
     painted.append((label, mask, top, left, int(mask.sum())))
-  objects = []
+  objects, masks = [], []
   for k, (label, mask, top, left, area) in enumerate(painted):
     mh, mw = mask.shape
     visible_mask = mask & (coverage[top:top + mh, left:left + mw] == k + 1)
@@ -380,6 +384,12 @@ def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
     extent = max(full[2] - full[0], full[3] - full[1])
     objects.append(SceneObject(label, box, visible, extent,
                                difficult=visible < 0.4 or extent < 20))
+    if return_masks:
+      full_mask = np.zeros((h, w), bool)
+      full_mask[top:top + mh, left:left + mw] = visible_mask
+      masks.append(full_mask)
+  if return_masks:
+    return img, objects, masks
   return img, objects
 
 
@@ -493,8 +503,11 @@ class SyntheticDetection:
     return (f'SyntheticDetection(split={self.split!r}, num_examples={self.num_examples}, '
             f'seed={self.seed})')
 
-  def render(self, index: int) -> tuple[np.ndarray, list[SceneObject]]:
-    """The image of example ``index`` and its visible objects (pixel boxes)."""
+  def render(self, index: int, return_masks: bool = False):
+    """The image of example ``index`` and its visible objects (pixel boxes).
+
+    With ``return_masks=True`` a third element lists each object's visible mask.
+    """
     i = _check_index(index, self.num_examples)
     rng = _example_rng(self.seed, self.split, i)
     long = 500 if rng.random() < 0.8 else int(rng.integers(400, 501))
@@ -502,7 +515,8 @@ class SyntheticDetection:
     h, w = (short, long) if rng.random() < 0.75 else (long, short)
     labels = [int(x) for x in rng.integers(len(CLASS_NAMES), size=int(rng.integers(1, 6)))]
     return render_scene(rng, h, w, labels, min_size=0.05 * short, max_size=0.7 * short,
-                        clutter=int(rng.integers(0, self.clutter + 1)), p_inside=0.7)
+                        clutter=int(rng.integers(0, self.clutter + 1)), p_inside=0.7,
+                        return_masks=return_masks)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     image, objects = self.render(index)
