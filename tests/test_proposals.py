@@ -134,3 +134,10 @@ def test_recall_helper():
   gts = [np.array([[0, 0, 9, 9], [0, 0, 9, 19]], np.float64), np.array([[0, 0, 5, 5]], np.float64)]
   assert P.recall(props, gts, 0.5) == pytest.approx(2 / 3)
   assert P.recall(props, gts, 0.7) == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+def test_fast_mode_on_375x500_natural_image():
+  img = np.round(resize(skimage.data.coffee(), (375, 500), preserve_range=True)).astype(np.uint8)
+  boxes = P.selective_search(img)
+  assert 1000 <= len(boxes) <= 4000

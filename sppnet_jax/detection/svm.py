@@ -1,0 +1,241 @@
+"""Per-class linear SVMs on region features with hard-negative mining (the R-CNN/SPP-net recipe).
+
+Training data are given per image, as an :class:`ImageFeatures` (or a tuple with its fields in
+order, or a zero-argument callable returning either, so that features can be loaded lazily;
+each image is fetched twice: once for positives, once for mining):
+
+* ``features`` (R, D): features of R candidate windows (e.g. fc7 after ReLU);
+* ``boxes`` (R, 4): those windows, pixel ``[x1, y1, x2, y2]``;
+* ``gt_boxes`` (G, 4), ``gt_labels`` (G,) class ids in ``[0, K)``, ``gt_difficult`` (G,) bool;
+* ``gt_features`` (G, D), optional: features of the GT boxes themselves. If omitted, the
+  positives are the windows that coincide with a GT box (IoU >= ``positive_iou``), i.e. the
+  caller appended the GT boxes to the window list, as R-CNN does.
+
+Recipe (R-CNN ``rcnn_train.m`` defaults, which SPP-net's code reuses):
+
+* features are multiplied by one global scale so that their mean L2 norm is ``target_norm`` (20),
+  estimated on the windows of a seeded sample of images; the scale is stored with the model;
+* positives of class c: the non-difficult GT boxes of class c;
+* negatives of class c: windows whose IoU with every GT box of class c (difficult ones included,
+  so that windows on a difficult object are never negatives) is below ``negative_iou`` (0.3);
+* one pass over the images; per image and class, negatives scoring above ``hard_threshold``
+  (-1.0001) that are not cached yet are added (before the first training the model is zero,
+  so the first image contributes all its negatives); once ``retrain_every`` (2000) new hard
+  negatives have accumulated the class's SVM is retrained and cached negatives scoring below
+  ``easy_threshold`` (-1.2) are evicted; every class is retrained once more at the end;
+* solver: ``sklearn.svm.LinearSVC(loss='hinge', C=0.001, class_weight={1: 2},
+  intercept_scaling=10)``, i.e. liblinear's L2-regularised L1-loss SVM with positive weight 2
+  and bias multiplier 10 (``-s 3 -w1 2 -B 10``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.svm import LinearSVC
+
+from sppnet_jax.detection.boxes import as_boxes, iou_matrix
+
+
+@dataclasses.dataclass
+class ImageFeatures:
+  """Features and annotations of one training image (see the module docstring)."""
+  features: np.ndarray
+  boxes: np.ndarray
+  gt_boxes: np.ndarray
+  gt_labels: np.ndarray
+  gt_difficult: np.ndarray | None = None
+  gt_features: np.ndarray | None = None
+
+
+ImageSource = Union[ImageFeatures, tuple, Callable[[], Union[ImageFeatures, tuple]]]
+
+
+@dataclasses.dataclass
+class LinearSVMs:
+  """Trained per-class linear SVMs: ``score = (features * feature_scale) @ weights + biases``.
+
+  Attributes:
+    weights: (D, K) float32.
+    biases: (K,) float32 (the liblinear bias already multiplied by the bias multiplier).
+    feature_scale: the factor applied to raw features before scoring.
+    stats: per-class training diagnostics: ``positives``, ``negatives`` (final cache size),
+      ``hard_added`` (negatives ever added), ``retrains``.
+  """
+  weights: np.ndarray
+  biases: np.ndarray
+  feature_scale: float
+  stats: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def load_image(source: ImageSource, index: int = 0) -> ImageFeatures:
+  """Resolves a callable / tuple / ImageFeatures into a validated :class:`ImageFeatures`."""
+  item = source() if callable(source) else source
+  if isinstance(item, tuple):
+    if not 4 <= len(item) <= 6:
+      raise ValueError(f"image {index}: a tuple must be (features, boxes, gt_boxes, gt_labels[, gt_difficult"
+                       f"[, gt_features]]); got {len(item)} fields.")
+    item = ImageFeatures(*item)
+  if not isinstance(item, ImageFeatures):
+    raise ValueError(f"image {index}: expected ImageFeatures, a tuple or a callable returning one; got {type(item)}.")
+  feats = np.asarray(item.features, np.float32)
+  boxes = as_boxes(item.boxes, f"image {index} boxes")
+  if feats.ndim != 2 or feats.shape[0] != boxes.shape[0]:
+    raise ValueError(f"image {index}: features must be (R, D) with one row per window box; got features "
+                     f"{feats.shape} for {boxes.shape[0]} boxes.")
+  gt_boxes = as_boxes(item.gt_boxes, f"image {index} gt_boxes")
+  labels = np.asarray(item.gt_labels).reshape(-1).astype(np.int64)
+  difficult = (np.zeros(len(labels), bool) if item.gt_difficult is None
+               else np.asarray(item.gt_difficult).reshape(-1).astype(bool))
+  if not len(gt_boxes) == len(labels) == len(difficult):
+    raise ValueError(f"image {index}: {len(gt_boxes)} gt_boxes, {len(labels)} gt_labels and {len(difficult)} "
+                     "gt_difficult flags; they must match.")
+  gt_feats = None
+  if item.gt_features is not None:
+    gt_feats = np.asarray(item.gt_features, np.float32)
+    if gt_feats.shape != (len(labels), feats.shape[1]):
+      raise ValueError(f"image {index}: gt_features must be (G, D) = ({len(labels)}, {feats.shape[1]}); "
+                       f"got {gt_feats.shape}.")
+  return ImageFeatures(feats, boxes, gt_boxes, labels, difficult, gt_feats)
+
+
+def feature_scale_for(features: Sequence[np.ndarray], target_norm: float = 20.0) -> float:
+  """The factor that makes the mean L2 norm of the given feature rows equal ``target_norm``."""
+  norms = np.concatenate([np.linalg.norm(np.asarray(f, np.float64), axis=1) for f in features if len(f)]
+                         or [np.zeros(0)])
+  mean = float(norms.mean()) if norms.size else 0.0
+  if not mean > 0:
+    raise ValueError("cannot compute a feature scale: the sampled features are all zero or there are none.")
+  return target_norm / mean
+
+
+def score(features: np.ndarray, svm: LinearSVMs) -> np.ndarray:
+  """Scores of every window for every class: ``(R, D) -> (R, K)`` float32."""
+  feats = np.asarray(features, np.float32)
+  if feats.ndim != 2 or feats.shape[1] != svm.weights.shape[0]:
+    raise ValueError(f"features must be (R, {svm.weights.shape[0]}); got {feats.shape}.")
+  return (feats * np.float32(svm.feature_scale)) @ svm.weights + svm.biases
+
+
+def _fit_one(pos: np.ndarray, neg: np.ndarray, C: float, positive_weight: float, bias_multiplier: float,
+             max_iter: int) -> tuple[np.ndarray, float]:
+  x = np.concatenate([pos, neg]).astype(np.float64)
+  y = np.concatenate([np.ones(len(pos)), -np.ones(len(neg))])
+  svc = LinearSVC(loss="hinge", C=C, class_weight={1: positive_weight}, intercept_scaling=bias_multiplier,
+                  dual=True, max_iter=max_iter, tol=1e-4, random_state=0)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    svc.fit(x, y)
+  return svc.coef_[0].astype(np.float32), float(svc.intercept_[0])
+
+
+def train_svms(per_image: Sequence[ImageSource], num_classes: int, C: float = 0.001,
+               positive_weight: float = 2.0, bias_multiplier: float = 10.0, negative_iou: float = 0.3,
+               positive_iou: float = 1.0 - 1e-6, hard_threshold: float = -1.0001,
+               easy_threshold: float = -1.2, retrain_every: int = 2000, target_norm: float = 20.0,
+               feature_scale: float | None = None, scale_sample_images: int = 100, max_iter: int = 10000,
+               seed: int = 0) -> LinearSVMs:
+  """Trains one linear SVM per class with hard-negative mining (see the module docstring).
+
+  Args:
+    per_image: training images (ImageFeatures, tuples or callables).
+    num_classes: K; GT labels must lie in ``[0, K)``.
+    C, positive_weight, bias_multiplier: liblinear/LinearSVC settings.
+    negative_iou: windows below this IoU with every GT of a class are its negatives.
+    positive_iou: when ``gt_features`` is absent, windows at or above this IoU with a
+      non-difficult GT are that GT's positive features.
+    hard_threshold, easy_threshold, retrain_every: mining settings.
+    target_norm: mean L2 norm after scaling. feature_scale: use this scale instead of estimating it.
+    scale_sample_images: how many (seeded, random) images the scale is estimated on.
+    max_iter: LinearSVC iteration cap. seed: seed of the image sample.
+
+  Returns:
+    :class:`LinearSVMs` with float32 weights (D, K) and biases (K,).
+  """
+  n_img = len(per_image)
+  if n_img == 0:
+    raise ValueError("train_svms needs at least one training image.")
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1; got {num_classes}.")
+  if retrain_every < 1:
+    raise ValueError(f"retrain_every must be >= 1; got {retrain_every}.")
+  sample = set(np.random.default_rng(seed).permutation(n_img)[:scale_sample_images].tolist())
+
+  # Pass 1: positives and the feature-scale sample.
+  positives: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+  scale_rows, dim = [], None
+  for i, src in enumerate(per_image):
+    im = load_image(src, i)
+    if dim is None:
+      dim = im.features.shape[1]
+    elif im.features.shape[1] != dim:
+      raise ValueError(f"image {i} has {im.features.shape[1]}-d features but earlier images have {dim}-d.")
+    bad = (im.gt_labels < 0) | (im.gt_labels >= num_classes)
+    if bad.any():
+      raise ValueError(f"image {i} has GT label {int(im.gt_labels[bad][0])} outside [0, {num_classes}).")
+    if feature_scale is None and i in sample:
+      scale_rows.append(im.features)
+    for c in range(num_classes):
+      sel = (im.gt_labels == c) & ~im.gt_difficult
+      if not sel.any():
+        continue
+      if im.gt_features is not None:
+        positives[c].append(im.gt_features[sel])
+      elif len(im.boxes):
+        rows = (iou_matrix(im.boxes, im.gt_boxes[sel]) >= positive_iou).any(axis=1)
+        positives[c].append(im.features[rows])
+  scale = float(feature_scale) if feature_scale is not None else feature_scale_for(scale_rows, target_norm)
+  pos = [np.concatenate(p) * np.float32(scale) if p else np.zeros((0, dim), np.float32) for p in positives]
+
+  # Pass 2: hard-negative mining.
+  weights = np.zeros((dim, num_classes), np.float32)
+  biases = np.zeros(num_classes, np.float32)
+  cache_x: list[np.ndarray] = [np.zeros((0, dim), np.float32) for _ in range(num_classes)]
+  pending = np.zeros(num_classes, np.int64)
+  hard_added = np.zeros(num_classes, np.int64)
+  retrains = np.zeros(num_classes, np.int64)
+
+  def retrain(c: int) -> None:
+    if len(pos[c]) == 0 or len(cache_x[c]) == 0:
+      return
+    w, b = _fit_one(pos[c], cache_x[c], C, positive_weight, bias_multiplier, max_iter)
+    weights[:, c], biases[c] = w, b
+    retrains[c] += 1
+    pending[c] = 0
+    keep = cache_x[c] @ w + b >= easy_threshold
+    cache_x[c] = cache_x[c][keep]
+
+  for i, src in enumerate(per_image):
+    im = load_image(src, i)
+    if len(im.boxes) == 0:
+      continue
+    x = im.features * np.float32(scale)
+    scores = x @ weights + biases
+    ious = iou_matrix(im.boxes, im.gt_boxes) if len(im.gt_boxes) else np.zeros((len(im.boxes), 0))
+    for c in range(num_classes):
+      own = im.gt_labels == c
+      max_iou = ious[:, own].max(axis=1) if own.any() else np.zeros(len(im.boxes))
+      # Each image is visited once, so these windows cannot be in the cache already.
+      rows = np.flatnonzero((max_iou < negative_iou) & (scores[:, c] > hard_threshold))
+      if not len(rows):
+        continue
+      cache_x[c] = np.concatenate([cache_x[c], x[rows]])
+      pending[c] += len(rows)
+      hard_added[c] += len(rows)
+      if pending[c] >= retrain_every:
+        retrain(c)
+  for c in range(num_classes):
+    if len(pos[c]) == 0:
+      warnings.warn(f"class {c} has no positive (non-difficult GT) examples; its SVM is left at zero.",
+                    RuntimeWarning, stacklevel=2)
+    elif len(cache_x[c]) == 0:
+      warnings.warn(f"class {c} has no negative examples; its SVM is left untrained.", RuntimeWarning, stacklevel=2)
+    elif pending[c] > 0 or retrains[c] == 0:
+      retrain(c)
+  stats = {"positives": np.array([len(p) for p in pos]), "negatives": np.array([len(x) for x in cache_x]),
+           "hard_added": hard_added, "retrains": retrains}
+  return LinearSVMs(weights=weights, biases=biases, feature_scale=scale, stats=stats)

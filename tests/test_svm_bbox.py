@@ -1,0 +1,131 @@
+"""Tests of the detection SVMs (hard-negative mining) and of bounding-box regression."""
+
+import numpy as np
+import pytest
+
+from sppnet_jax.detection import bbox_regression as R
+from sppnet_jax.detection import svm as S
+from sppnet_jax.detection.boxes import decode_boxes, encode_boxes, iou_matrix
+
+K, D = 3, 16
+
+
+def _means(rng):
+  return rng.normal(0, 1, (K, D)) * 3.0
+
+
+def _random_boxes(rng, n, size=200):
+  xy = rng.uniform(0, size - 60, (n, 2))
+  wh = rng.uniform(20, 60, (n, 2))
+  return np.concatenate([xy, xy + wh], axis=1)
+
+
+def _synthetic_image(rng, means, windows=80):
+  """Windows overlapping a GT by >= 0.5 carry its class's blob, the rest background noise."""
+  g = 2
+  gt = _random_boxes(rng, g)
+  labels = rng.integers(0, K, g)
+  boxes = np.concatenate([_random_boxes(rng, windows - 2 * g),
+                          gt + rng.normal(0, 2, (g, 4)), gt + rng.normal(0, 4, (g, 4))])
+  boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 5)
+  iou = iou_matrix(boxes, gt)
+  feats = rng.normal(0, 1, (len(boxes), D))
+  best = iou.argmax(1)
+  on = iou.max(1) >= 0.5
+  feats[on] += means[labels[best[on]]]
+  gt_feats = means[labels] + rng.normal(0, 1, (g, D))
+  return S.ImageFeatures(feats.astype(np.float32), boxes, gt, labels, np.zeros(g, bool), gt_feats.astype(np.float32))
+
+
+def test_svm_mining_on_separable_blobs():
+  rng = np.random.default_rng(0)
+  means = _means(rng)
+  images = [_synthetic_image(rng, means) for _ in range(40)]
+  svm = S.train_svms([lambda im=im: im for im in images], K, retrain_every=300)
+  assert svm.weights.shape == (D, K) and svm.biases.shape == (K,)
+  # Mean norm of the scaled features is ~20 on the sample.
+  norms = np.linalg.norm(np.concatenate([im.features for im in images]) * svm.feature_scale, axis=1)
+  assert norms.mean() == pytest.approx(20.0, rel=1e-5)
+  st = svm.stats
+  first_image_negatives = 80 - 4
+  assert (st["retrains"] >= 2).all()
+  assert (st["hard_added"] > first_image_negatives).all()  # mining added negatives after the first image
+  assert (st["negatives"] < st["hard_added"]).all()  # easy negatives were evicted
+  # Held-out points: blobs must win their class with a positive score, background must score < 0.
+  pts = np.concatenate([means[c] + rng.normal(0, 1, (100, D)) for c in range(K)])
+  truth = np.repeat(np.arange(K), 100)
+  s = S.score(pts.astype(np.float32), svm)
+  acc = np.mean((s.argmax(1) == truth) & (s.max(1) > 0))
+  bg = S.score(rng.normal(0, 1, (300, D)).astype(np.float32), svm)
+  assert acc > 0.95 and np.mean(bg.max(1) < 0) > 0.95
+
+
+def test_svm_positives_from_windows_and_tuples():
+  rng = np.random.default_rng(1)
+  means = _means(rng)
+  images = []
+  for _ in range(10):
+    im = _synthetic_image(rng, means, windows=40)
+    # No gt_features: append the GT boxes to the windows instead, passed as a plain tuple.
+    images.append((np.concatenate([im.features, im.gt_features]), np.concatenate([im.boxes, im.gt_boxes]),
+                   im.gt_boxes, im.gt_labels, im.gt_difficult))
+  svm = S.train_svms(images, K, retrain_every=100)
+  assert svm.stats["positives"].sum() == 20
+  with pytest.raises(ValueError, match="outside"):
+    S.train_svms([(images[0][0], images[0][1], images[0][2], np.array([0, 5]))], K)
+
+
+def test_encode_decode_roundtrip():
+  rng = np.random.default_rng(2)
+  p, t = _random_boxes(rng, 100), _random_boxes(rng, 100)
+  np.testing.assert_allclose(decode_boxes(p, encode_boxes(p, t)), t, atol=1e-9)
+
+
+def _linear_problem(rng, n, d):
+  x = rng.normal(0, 1, (n, d))
+  w_true = rng.normal(0, 0.05, (d, 4))
+  b_true = np.array([0.02, -0.01, 0.05, 0.0])
+  windows = _random_boxes(rng, n)
+  targets = decode_boxes(windows, x @ w_true + b_true)
+  return x, windows, targets
+
+
+@pytest.mark.parametrize("whiten", ["zca", "std", "none"])
+def test_bbox_regression_recovers_linear_map(whiten):
+  rng = np.random.default_rng(3)
+  x, windows, targets = _linear_problem(rng, 400, 12)
+  labels = np.zeros(len(x), np.int64)
+  reg = R.fit(x, windows, targets, labels, num_classes=2, lam=1e-8, feature_scale=1.0, whiten=whiten)
+  assert reg.trained.tolist() == [True, False]
+  x_new, w_new, t_new = _linear_problem(np.random.default_rng(3), 400, 12)  # same map
+  np.testing.assert_allclose(R.apply(reg, x_new, w_new, classes=0), t_new, atol=1e-4)
+  all_cls = R.apply(reg, x_new, w_new)
+  assert all_cls.shape == (400, 2, 4)
+  np.testing.assert_allclose(all_cls[:, 1], w_new, atol=1e-9)  # untrained class: unchanged boxes
+
+
+def test_bbox_primal_equals_dual_and_wide_features():
+  rng = np.random.default_rng(4)
+  x, windows, targets = _linear_problem(rng, 60, 200)  # D > N: dual form
+  labels = np.zeros(60, np.int64)
+  primal = R.fit(x, windows, targets, labels, 1, lam=4000.0, solver="primal")
+  dual = R.fit(x, windows, targets, labels, 1, lam=4000.0, solver="dual")
+  np.testing.assert_allclose(primal.weights, dual.weights, rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(primal.biases, dual.biases, rtol=1e-6, atol=1e-9)
+  tight = R.fit(x, windows, targets, labels, 1, lam=1e-8, feature_scale=1.0)  # interpolates
+  np.testing.assert_allclose(R.apply(tight, x, windows, 0), targets, atol=1e-3)
+
+
+def test_select_training_windows_threshold():
+  gt = np.array([[0, 0, 9, 9], [100, 100, 119, 119]], np.float64)
+  windows = np.array([[0, 0, 9, 19],    # IoU exactly 0.5: excluded (strict >)
+                      [0, 0, 9, 10],    # IoU 10/11
+                      [100, 100, 118, 119],
+                      [50, 50, 60, 60]], np.float64)
+  rows, tgt, lab = R.select_training_windows(windows, gt, [3, 1], [False, True])
+  np.testing.assert_array_equal(rows, [1])  # the difficult GT is not a target
+  np.testing.assert_array_equal(tgt, gt[:1])
+  np.testing.assert_array_equal(lab, [3])
+  rows, _, lab = R.select_training_windows(windows, gt, [3, 1], [False, True], use_difficult=True)
+  np.testing.assert_array_equal(rows, [1, 2])
+  np.testing.assert_array_equal(lab, [3, 1])
