@@ -391,3 +391,14 @@ def test_to_rgb_uint8_conversions():
   assert sources.to_rgb_uint8(np.full((2, 2, 1), 65535, np.uint16)).max() == 255
   with pytest.raises(ValueError, match='expected an image'):
     sources.to_rgb_uint8(np.zeros((2, 2, 5), np.uint8))
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches():
+  src = SyntheticClassification('train', 16, seed=0, min_side=60, max_side=90)
+  kw = dict(batch_size=4, seed=1, epoch=0, crop_size=CROP, short_side=SHORT, start_step=1)
+  local = list(pipeline.train_batches(src, **kw))
+  workers = list(pipeline.train_batches(src, worker_count=2, **kw))
+  assert len(local) == len(workers) == 3
+  for a, b in zip(local, workers):
+    assert np.array_equal(a['image'], b['image']) and np.array_equal(a['label'], b['label'])

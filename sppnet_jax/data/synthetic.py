@@ -133,29 +133,6 @@ def _example_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), _split_code(split), int(index)])
 
 
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-  """Matrix (n_out, n_in) doing 1-D linear interpolation of a coarse grid."""
-  pos = np.linspace(0.0, n_in - 1.0, n_out, dtype=np.float32)
-  lo = np.minimum(pos.astype(np.int64), n_in - 2) if n_in > 1 else np.zeros(n_out, np.int64)
-  frac = pos - lo
-  m = np.zeros((n_out, n_in), np.float32)
-  rows = np.arange(n_out)
-  m[rows, lo] = 1.0 - frac
-  if n_in > 1:
-    m[rows, lo + 1] += frac
-  return m
-
-
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int,
-                  channels: int) -> np.ndarray:
-  """Smooth random field (h, w, channels) in [0, 1]: a coarse grid, bilinearly upsampled."""
-  gh = max(2, int(round(cells * h / max(h, w))) + 1)
-  gw = max(2, int(round(cells * w / max(h, w))) + 1)
-  grid = rng.random((channels, gh, gw), dtype=np.float32)
-  a, b = _interp_matrix(h, gh), _interp_matrix(w, gw)
-  return np.einsum('hi,cij,wj->hwc', a, grid, b, optimize=True)
-
-
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
   return rng.uniform(0.0, 255.0, size=3).astype(np.float32)
 
@@ -223,11 +200,15 @@ def _background_field(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
-  """Smooth random field (h, w) in [0, 1]: a coarse random grid, bilinearly upsampled."""
+  """Smooth random field (h, w) in [0, 1]: a coarse random grid, bilinearly upsampled.
+
+  Pillow does the upsampling (single-threaded C), which is much faster than a
+  matrix product when other processes compete for the BLAS threads.
+  """
   gh = max(2, int(round(cells * h / max(h, w))) + 1)
   gw = max(2, int(round(cells * w / max(h, w))) + 1)
   grid = rng.random((gh, gw), dtype=np.float32)
-  return _interp_matrix(h, gh) @ grid @ _interp_matrix(w, gw).T
+  return np.asarray(Image.fromarray(grid).resize((w, h), Image.BILINEAR))
 
 
 def _background(rng: np.random.Generator, h: int, w: int, grain: np.ndarray,
