@@ -113,6 +113,10 @@ def test_load_precomputed_formats(tmp_path):
   assert ids == ["000001", "000002"]
   np.testing.assert_array_equal(boxes[0], [[1, 0, 39, 29], [5, 4, 7, 6]])
   assert boxes[1].shape == (1, 4) and boxes[0].dtype == np.float32
+  savemat(tmp_path / "one.mat", {"boxes": a.astype(np.uint16)})  # a plain matrix: one image
+  boxes, ids = P.load_precomputed(tmp_path / "one.mat")
+  assert ids is None and len(boxes) == 1
+  np.testing.assert_array_equal(boxes[0], [[1, 0, 39, 29], [5, 4, 7, 6]])
   xyxy = np.array([[0, 0, 10, 10]], np.float32)
   np.savez(tmp_path / "p.npz", img_a=xyxy, img_b=xyxy[:0])
   boxes, ids = P.load_precomputed(tmp_path / "p.npz")

@@ -354,9 +354,8 @@ def load_precomputed(path: str | os.PathLike) -> tuple[list[np.ndarray], list[st
                        "save(..., '-v7') or convert it to .npz.") from None
     if "boxes" not in data:
       raise ValueError(f"{path!r} has no 'boxes' variable; found {sorted(k for k in data if not k.startswith('__'))}.")
-    cells = np.asarray(data["boxes"]).reshape(-1)
-    if cells.dtype != object:
-      cells = np.array([cells.reshape(-1, 4)] + [], dtype=object) if cells.size else np.zeros(0, object)
+    raw = np.asarray(data["boxes"])
+    cells = list(raw.reshape(-1)) if raw.dtype == object else [raw]  # a plain matrix is one image
     boxes = [as_boxes(np.asarray(b, np.float64).reshape(-1, 4), f"boxes[{i}]")[:, [1, 0, 3, 2]] - 1.0
              for i, b in enumerate(cells)]
     ids = None
