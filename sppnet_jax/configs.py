@@ -36,7 +36,7 @@ def base() -> ml_collections.ConfigDict:
   c.model = dict(name="zf5", spp=True, levels=(6, 3, 2, 1), width=1.0, depth=None, fc_width=4096, dropout=0.5,
                  initializer="paper", dtype="float32")
   c.data = dict(name="imagenet2012", data_dir=None, train_split="train", eval_split="validation", num_train=None,
-                num_eval=None, num_classes=1000, seed=0, crop_size=224, short_side=256, second_size=180,
+                num_eval=None, seed=0, crop_size=224, short_side=256, second_size=180,
                 positions="five", pca_std=0.1, mean_samples=10_000)
   c.train = dict(mode="single", random_range=(180, 224), batch_size=128, num_epochs=70, learning_rate=0.01,
                  lr_schedule="steps", lr_drop_epochs=(40, 60), plateau_patience=3, plateau_min_delta=0.1,
@@ -76,7 +76,7 @@ def synthetic(variant: str, model: str = "zf5") -> ml_collections.ConfigDict:
   c.model.fc_width = 512
   c.model.initializer = "he"
   c.data.update(name="synthetic", train_split="train", eval_split="validation", num_train=2048, num_eval=512,
-                num_classes=10, crop_size=128, short_side=146, second_size=104, mean_samples=256)
+                crop_size=128, short_side=146, second_size=104, mean_samples=256)
   c.train.update(random_range=(104, 128), batch_size=32, num_epochs=8, learning_rate=0.01, lr_drop_epochs=(6,),
                  log_every_steps=16, checkpoint_every_steps=64)
   c.eval.update(views=("crop", "full"), batch_size=64, multiview_scales=(128, 146, 171, 205, 256, 320))

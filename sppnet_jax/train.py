@@ -90,7 +90,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Calla
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
@@ -234,7 +234,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   Returns the final evaluation metrics (also written to ``workdir/eval.json``), or
   ``{'preempted': True, ...}`` when SIGTERM stopped the run after saving.
   """
-  workdir = pathlib.Path(workdir)
+  with _Preemption() as preemption:  # installed first: a SIGTERM during set-up still stops cleanly
+    return _run(config, pathlib.Path(workdir), preemption)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   _write_config(config, workdir)
   t, d = config.train, config.data
@@ -243,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                     seed=d.seed)
   eval_source = sources.get_source(d.name, d.eval_split, data_dir=d.get("data_dir"), num_examples=d.get("num_eval"),
                                    seed=d.seed)
-  num_classes = sources.num_classes(d.name) if d.name != "folder" else d.num_classes
+  num_classes = sources.num_classes(d.name)
   model = build_model(config, num_classes)
   tx = make_optimizer(config)
   mesh = make_mesh()
@@ -269,8 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   base_key = jax.device_put(jax.random.key(t.seed), replicated)
   total_steps = t.num_epochs * steps_per_epoch
 
-  with _Preemption() as preemption, tqdm.tqdm(total=total_steps, initial=progress["global_step"], unit="step",
-                                              disable=not t.progress_bar, dynamic_ncols=True) as bar:
+  with tqdm.tqdm(total=total_steps, initial=progress["global_step"], unit="step", disable=not t.progress_bar,
+                 dynamic_ncols=True) as bar:
     while progress["epoch"] < t.num_epochs:
       epoch, size = progress["epoch"], sizes[progress["epoch"]]
       lr = jnp.float32(learning_rate(config, epoch, progress["plateau_drops"]))
@@ -351,7 +355,7 @@ def load_run(workdir: str | os.PathLike):
     raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json); train into it with 'sppnet train'.")
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   d = config.data
-  num_classes = sources.num_classes(d.name) if d.name != "folder" else d.num_classes
+  num_classes = sources.num_classes(d.name)
   model = build_model(config, num_classes)
   manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
   if manager.latest_step() is None:

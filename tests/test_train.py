@@ -1,0 +1,162 @@
+"""Training-loop tests: real training of a tiny SPP-net on the built-in synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sppnet_jax import configs, train
+from sppnet_jax.compile_count import count_compiles
+from sppnet_jax.data import pipeline
+from sppnet_jax.metrics_io import read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+TINY_OVERRIDES = """
+  c.model.width = 0.0625
+  c.model.fc_width = 32
+  c.data.update(num_train=64, num_eval=32, crop_size=64, short_side=72, second_size=52, mean_samples=16)
+  c.train.update(batch_size=16, num_epochs={epochs}, log_every_steps=1, checkpoint_every_steps={ckpt},
+                 lr_drop_epochs=(), learning_rate=0.01, progress_bar=False)
+  c.eval.update(views=("crop",), batch_size=16)
+"""
+
+
+def tiny_config(mode: str = "multi", epochs: int = 2, ckpt: int = 2):
+  c = configs.synthetic(mode)
+  namespace = {"c": c}
+  exec("def f():\n" + TINY_OVERRIDES.format(epochs=epochs, ckpt=ckpt), namespace)
+  namespace["f"]()
+  return c
+
+
+def write_config_file(path: pathlib.Path, mode: str, epochs: int, ckpt: int) -> pathlib.Path:
+  path.write_text("from sppnet_jax import configs\n\n\ndef get_config():\n"
+                  f"  c = configs.synthetic({mode!r})\n" + TINY_OVERRIDES.format(epochs=epochs, ckpt=ckpt) +
+                  "  return c\n")
+  return path
+
+
+def run_cli(args, env=None, **kwargs):
+  return subprocess.Popen([sys.executable, "-m", "sppnet_jax.cli", *args], cwd=REPO,
+                          env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **kwargs)
+
+
+def final_params(workdir):
+  _, _, params, _ = train.load_run(workdir)
+  return jax.tree.map(np.asarray, params)
+
+
+def test_multi_size_trains_with_one_compile_per_size(tmp_path):
+  config = tiny_config("multi", epochs=4)
+  with count_compiles() as compiles:
+    results = train.train_and_evaluate(config, tmp_path)
+  steps = {name: n for name, n in compiles.items() if "train_step" in name}
+  assert sum(steps.values()) == 2, compiles  # 64 and 52, each compiled once for the whole run
+  records = read_metrics(tmp_path)
+  sizes = [r["train/input_size"] for r in records if "train/input_size" in r]
+  assert sizes[:4] == [64] * 4 and sizes[4:8] == [52] * 4 and sizes[8:12] == [64] * 4
+  losses = [r["train/loss"] for r in records if "train/loss" in r]
+  assert np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
+  assert 0 <= results["crop"]["top1_error"] <= 100
+  assert (tmp_path / "eval.json").exists() and (tmp_path / "tensorboard").is_dir()
+
+
+def test_size_schedules():
+  c = configs.synthetic("multi")
+  assert train.size_schedule(c)[:4] == [128, 104, 128, 104]
+  c = configs.synthetic("random")
+  sizes = train.size_schedule(c)
+  assert all(104 <= s <= 128 for s in sizes) and sizes == train.size_schedule(c)
+  c.train.mode = "sideways"
+  with pytest.raises(ValueError, match="single', 'multi' or 'random'"):
+    train.size_schedule(c)
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path):
+  config_file = write_config_file(tmp_path / "tiny.py", "multi", epochs=3, ckpt=1)
+  reference = tmp_path / "reference"
+  assert run_cli(["train", f"--config={config_file}", f"--workdir={reference}"]).wait(300) == 0
+
+  interrupted = tmp_path / "interrupted"
+  kill_at = int(np.random.default_rng().integers(2, 10))
+  proc = run_cli(["train", f"--config={config_file}", f"--workdir={interrupted}"])
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    steps = [r["step"] for r in read_metrics(interrupted)] if (interrupted / "metrics.jsonl").exists() else []
+    if steps and max(steps) >= kill_at:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert run_cli(["train", f"--config={config_file}", f"--workdir={interrupted}"]).wait(300) == 0
+
+  for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(interrupted))):
+    np.testing.assert_array_equal(a, b)
+  steps = [r["step"] for r in read_metrics(interrupted) if "train/loss" in r]
+  assert steps == sorted(set(steps))  # replayed steps were not logged twice
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  config_file = write_config_file(tmp_path / "tiny.py", "single", epochs=50, ckpt=1000)
+  proc = run_cli(["train", f"--config={config_file}", f"--workdir={tmp_path / 'run'}"])
+  deadline = time.time() + 300
+  while time.time() < deadline and not read_metrics(tmp_path / "run"):
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert '"preempted": true' in out
+  step = json.loads(out[out.index("{"):])["global_step"]
+  manager = train.checkpoint_manager(tmp_path / "run", 3)
+  assert manager.latest_step() == step
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  config = tiny_config("single", epochs=2, ckpt=2)
+  original = pipeline.train_batches
+
+  def poisoned(*args, **kwargs):
+    for i, batch in enumerate(original(*args, **kwargs)):
+      if kwargs["epoch"] == 1 and i == 1:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(pipeline, "train_batches", poisoned)
+  with pytest.raises(train.NonFiniteError, match="last good checkpoint"):
+    train.train_and_evaluate(config, tmp_path)
+  manager = train.checkpoint_manager(tmp_path, 3)
+  assert manager.latest_step() == 4  # the end of epoch 0; the poisoned step 6 was never saved
+  for leaf in jax.tree.leaves(final_params(tmp_path)):
+    assert np.isfinite(leaf).all()
+
+
+def test_eight_devices_give_the_same_loss_as_one(tmp_path):
+  config_file = write_config_file(tmp_path / "tiny.py", "single", epochs=1, ckpt=1000)
+  losses = {}
+  for devices in (1, 8):
+    workdir = tmp_path / f"devices{devices}"
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    proc = run_cli(["train", f"--config={config_file}", f"--workdir={workdir}"], env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    losses[devices] = [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
+  np.testing.assert_allclose(losses[8], losses[1], rtol=2e-4)
+
+
+def test_changed_config_in_an_existing_workdir_is_refused(tmp_path):
+  config = tiny_config("single", epochs=1)
+  train.train_and_evaluate(config, tmp_path)
+  config.model.fc_width = 64
+  with pytest.raises(ValueError, match="model config differs"):
+    train.train_and_evaluate(config, tmp_path)
