@@ -10,8 +10,9 @@ level's ``(n, n, C)`` block flattened, then the levels concatenated.
 
 Gradients: JAX's max splits the gradient evenly among tied maxima, where torch and Caffe
 give all of it to the first arg-max. On inputs without ties the two agree exactly; on
-post-ReLU maps with tied zeros each tied element gets an equal share (the shares of one
-output always sum to its incoming gradient).
+post-ReLU maps with tied zeros the tied elements share it, not necessarily equally (``spp``
+reduces rows, then columns; ``roi_spp``'s range lookups overlap), but the shares of one
+output always sum to its incoming gradient.
 """
 
 from __future__ import annotations
@@ -237,6 +238,12 @@ def padded_spp(features: jax.Array, valid_hw: jax.Array, levels: Sequence[int] =
   valid_hw = jnp.asarray(valid_hw)
   if valid_hw.ndim != 2 or valid_hw.shape[-1] != 2:
     raise ValueError(f"valid_hw must be (B, 2) (height, width) per image; got shape {valid_hw.shape}.")
+  if not isinstance(valid_hw, jax.core.Tracer) and getattr(features, "ndim", None) == 4:
+    extents = np.asarray(valid_hw)
+    limits = np.asarray(features.shape[1:3])
+    if ((extents < 1) | (extents > limits)).any():
+      raise ValueError(f"valid_hw must lie in 1..{tuple(limits.tolist())} (the padded map's height and width); "
+                       f"got {extents.tolist()}.")
   h = valid_hw[:, 0].astype(jnp.int32)
   w = valid_hw[:, 1].astype(jnp.int32)
   zero = jnp.zeros_like(h)
