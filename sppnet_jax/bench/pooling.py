@@ -1,0 +1,409 @@
+"""Timing of ``roi_spp`` and ``spp`` against a per-box torch loop, a naive masked-max JAX
+version and, on a GPU, ``torchvision.ops.roi_pool``.
+
+Default sizes: the 43x57x256 conv5 map of a VOC image at scale 688, with 64 and 2,000
+boxes that are either small (1-6 cells a side) or large (60-100 % of the map side), and
+whole-map SPP of a batch of 32 13x13x256 (224 input) and 10x10x256 (180 input) maps.
+
+Every time is the median of ``repeats`` runs after a warm-up call, each ended with
+``block_until_ready`` (JAX) or taken after the call returns (torch CPU; CUDA is
+synchronised). torch is imported only inside the functions that need it, so the library
+imports and this benchmark runs (with those rows skipped) without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sppnet_jax.ops import check_levels, roi_spp, spp, spp_output_dim
+
+# Largest (boxes x bins x H x W x C) intermediate one chunk of the naive version may create.
+NAIVE_CHUNK_BYTES = 256 * 2**20
+
+
+# ----------------------------------------------------------------------------------------
+# Environment
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+  """Device and library versions of this run."""
+  import jaxlib
+
+  device = jax.devices()[0]
+  env = {
+      "jax_device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+      "jax_devices": len(jax.devices()),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "numpy": np.__version__,
+      "cpu": _cpu_model(),
+      "cpu_cores": os.cpu_count(),
+      "python": platform.python_version(),
+  }
+  try:
+    import torch
+
+    env["torch"] = torch.__version__
+    env["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+      env["torch_cuda_device"] = torch.cuda.get_device_name(0)
+  except ImportError:
+    env["torch"] = None
+  return env
+
+
+# ----------------------------------------------------------------------------------------
+# Timing helpers
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any] = lambda out: out,
+               warm_up: Callable[[], Any] | None = None, budget_s: float | None = None) -> tuple[float, int]:
+  """(median wall time of ``fn`` in ms, number of timed runs).
+
+  ``warm_up`` (default: ``fn`` itself) runs once first. With ``budget_s`` the timing stops
+  after the run that passes the budget, so slow baselines may get fewer than ``repeats`` runs.
+  """
+  sync((warm_up or fn)())
+  times = []
+  deadline = None if budget_s is None else time.perf_counter() + budget_s
+  while len(times) < repeats:
+    start = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - start)
+    if deadline is not None and time.perf_counter() > deadline:
+      break
+  return 1e3 * statistics.median(times), len(times)
+
+
+def _jax_sync(out):
+  return jax.block_until_ready(out)
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs
+
+
+def make_boxes(rng: np.random.Generator, num_boxes: int, map_hw: tuple[int, int], kind: str) -> np.ndarray:
+  """(1, R, 4) int32 boxes [x1, y1, x2, y2] inside the map, inclusive.
+
+  ``small``: 1 to 6 cells a side; ``large``: 60 % to 100 % of the map's side.
+  """
+  height, width = map_hw
+  sides = []
+  for length in (width, height):
+    if kind == "small":
+      side = rng.integers(1, min(6, length) + 1, num_boxes)
+    elif kind == "large":
+      side = rng.integers(max(1, int(0.6 * length)), length + 1, num_boxes)
+    else:
+      raise ValueError(f"box kind must be 'small' or 'large'; got {kind!r}.")
+    sides.append(side)
+  (bw, bh) = sides
+  x1 = rng.integers(0, width - bw + 1)
+  y1 = rng.integers(0, height - bh + 1)
+  return np.stack([x1, y1, x1 + bw - 1, y1 + bh - 1], axis=-1)[None].astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------
+# The naive masked-max baseline (JAX)
+
+
+def naive_roi_spp(features: jax.Array, boxes: jax.Array, levels: Sequence[int], chunk: int) -> jax.Array:
+  """ROI SPP with one boolean mask over the whole map per bin: max(where(mask, x, -inf)).
+
+  features (1, H, W, C), boxes (1, R, 4) with R a multiple of ``chunk``; returns (1, R, D) in
+  ``roi_spp``'s layout. Boxes are processed ``chunk`` at a time under ``lax.map``. Cost grows
+  with the map, not with the box: R * bins * H * W * C comparisons.
+  """
+  levels = check_levels(levels)
+  _, height, width, channels = features.shape
+  x = features[0]
+  rows = jnp.arange(height)
+  cols = jnp.arange(width)
+
+  def axis_masks(start, end, length_index, n):
+    extent = end - start + 1
+    i = jnp.arange(n)
+    lo = start[:, None] + (i * extent[:, None]) // n
+    hi = start[:, None] - ((-(i + 1) * extent[:, None]) // n)
+    return (length_index >= lo[..., None]) & (length_index < hi[..., None])  # (chunk, n, length)
+
+  def pool_chunk(chunk_boxes):
+    x1, y1, x2, y2 = (chunk_boxes[:, k] for k in range(4))
+    outs = []
+    for n in levels:
+      row_mask = axis_masks(y1, y2, rows, n)  # (chunk, n, H)
+      col_mask = axis_masks(x1, x2, cols, n)  # (chunk, n, W)
+      mask = row_mask[:, :, None, :, None] & col_mask[:, None, :, None, :]  # (chunk, n, n, H, W)
+      masked = jnp.where(mask[..., None], x, jnp.array(-jnp.inf, x.dtype))  # (chunk, n, n, H, W, C)
+      outs.append(masked.max(axis=(3, 4)).reshape(chunk_boxes.shape[0], n * n * channels))
+    return jnp.concatenate(outs, axis=-1)
+
+  chunks = boxes[0].reshape(-1, chunk, 4)
+  pooled = jax.lax.map(pool_chunk, chunks)
+  return pooled.reshape(1, -1, spp_output_dim(channels, levels))
+
+
+def naive_chunk_size(map_hw: tuple[int, int], channels: int, levels: Sequence[int], itemsize: int,
+                     num_boxes: int) -> int:
+  """The largest divisor of ``num_boxes`` whose masked intermediate fits NAIVE_CHUNK_BYTES."""
+  per_box = max(n * n for n in levels) * map_hw[0] * map_hw[1] * channels * itemsize
+  limit = max(1, NAIVE_CHUNK_BYTES // per_box)
+  return max(d for d in range(1, min(limit, num_boxes) + 1) if num_boxes % d == 0)
+
+
+# ----------------------------------------------------------------------------------------
+# torch peers (lazy imports)
+
+
+def _torch_dtype(torch, name: str):
+  return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def _torch_box_loop(torch, features_nchw, boxes: np.ndarray, levels: Sequence[int]):
+  """Per box: crop, adaptive_max_pool2d per level, (n, n, C) layout, concatenated."""
+  pool = torch.nn.functional.adaptive_max_pool2d
+  rows = []
+  for x1, y1, x2, y2 in boxes[0].tolist():
+    crop = features_nchw[:, :, y1:y2 + 1, x1:x2 + 1]
+    rows.append(torch.cat([pool(crop, n).permute(0, 2, 3, 1).reshape(-1) for n in levels]))
+  return torch.stack(rows)[None]
+
+
+def _torch_whole_maps(torch, maps_nchw, levels: Sequence[int]):
+  pool = torch.nn.functional.adaptive_max_pool2d
+  batch = maps_nchw.shape[0]
+  return torch.cat([pool(maps_nchw, n).permute(0, 2, 3, 1).reshape(batch, -1) for n in levels], dim=1)
+
+
+def _torchvision_roi_pool_per_level(torch, roi_pool, features_nchw, rois, levels: Sequence[int]):
+  """torchvision roi_pool once per level, boxes as [batch, x1, y1, x2, y2] at spatial scale 1."""
+  outs = [roi_pool(features_nchw, rois, output_size=(n, n), spatial_scale=1.0) for n in levels]
+  return outs
+
+
+# ----------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclasses.dataclass
+class _Row:
+  op: str
+  impl: str
+  dtype: str
+  shape: str
+  boxes: str
+  ms: float | None = None
+  vs_roi_spp: float | None = None
+  gb_per_s: float | None = None
+  note: str = ""
+
+
+def roi_spp_bytes(map_hw: tuple[int, int], channels: int, levels: Sequence[int], num_boxes: int,
+                  itemsize: int) -> int:
+  """Bytes moved by ``roi_spp`` under its algorithm's model.
+
+  map read once; the sparse table (KH x KW copies of the map, KH = floor(log2 H) + 1)
+  written once; four table entries of C values read per bin and box; the pooled output
+  written once.
+  """
+  height, width = map_hw
+  k_h, k_w = int(np.log2(height)) + 1, int(np.log2(width)) + 1
+  bins = sum(n * n for n in levels)
+  map_bytes = height * width * channels * itemsize
+  return map_bytes + k_h * k_w * map_bytes + 4 * num_boxes * bins * channels * itemsize \
+      + num_boxes * bins * channels * itemsize
+
+
+def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[int, int] = (43, 57),
+                          channels: int = 256, levels: Sequence[int] = (6, 3, 2, 1),
+                          dtypes: Sequence[str] = ("float32", "bfloat16"), repeats: int = 5,
+                          whole_map_batch: int = 32, whole_map_sides: Sequence[int] = (13, 10),
+                          baseline_budget_s: float = 10.0, naive_budget_s: float = 20.0,
+                          torch_threads: int | None = None, seed: int = 0) -> list[dict]:
+  """Times ROI and whole-map SPP; returns one dict per (op, implementation, dtype, size).
+
+  Keys: op, impl, dtype, shape, boxes, ms (median, None when skipped), vs_roi_spp (time /
+  the matching ``roi_spp`` or ``spp`` time), gb_per_s (``roi_spp`` rows: see
+  ``roi_spp_bytes``), note (skip reasons, checks), env (``environment()``, the same dict in
+  every row).
+
+  ``roi_spp`` and ``spp`` always get ``repeats`` runs. The baselines stop timing once
+  ``baseline_budget_s`` has passed (at least one run; the note gives the count). The naive
+  version is skipped for a box count when the time measured at a smaller count, scaled
+  linearly, says one call would exceed ``naive_budget_s``, and reported as skipped when it
+  runs out of memory. ``torch_threads``: None keeps torch's default thread count.
+  """
+  levels = check_levels(levels)
+  repeats = max(int(repeats), 1)
+  if torch_threads is not None:
+    import torch
+
+    torch.set_num_threads(torch_threads)
+  env = environment()
+  rng = np.random.default_rng(seed)
+  height, width = map_hw
+  rows: list[_Row] = []
+
+  try:
+    import torch
+  except ImportError:
+    torch = None
+  gpu_reason = "no CUDA device for torch"
+  roi_pool = None
+  if torch is not None and torch.cuda.is_available():
+    try:
+      from torchvision.ops import roi_pool
+      gpu_reason = ""
+    except Exception as err:  # torchvision missing or built for another torch
+      gpu_reason = f"torchvision unavailable: {type(err).__name__}: {err}"
+  elif torch is None:
+    gpu_reason = "torch not installed"
+
+  roi_fn = jax.jit(roi_spp, static_argnames="levels")
+  for dtype in dtypes:
+    jdtype = jnp.dtype(dtype)
+    itemsize = jdtype.itemsize
+    base = rng.standard_normal((1, height, width, channels)).astype(np.float32)
+    features = jnp.asarray(base, jdtype)
+    shape = f"{height}x{width}x{channels}"
+    if torch is not None:
+      nchw = torch.from_numpy(base.transpose(0, 3, 1, 2).copy()).to(_torch_dtype(torch, dtype))
+    naive_ms_per_box: dict[str, float] = {}
+    for count in sorted(num_boxes):
+      for kind in ("small", "large"):
+        boxes = make_boxes(rng, count, map_hw, kind)
+        valid = np.ones(boxes.shape[:2], bool)
+        label = f"{count} {kind}"
+
+        reference = roi_fn(features, boxes, valid, levels=levels)
+        t_roi, _ = _median_ms(lambda: roi_fn(features, boxes, valid, levels=levels), repeats, _jax_sync)
+        moved = roi_spp_bytes(map_hw, channels, levels, count, itemsize)
+        rows.append(_Row("roi_spp", "roi_spp (jit, sparse table)", dtype, shape, label, t_roi, 1.0,
+                         moved / (t_roi * 1e-3) / 1e9))
+
+        # (a) torch per-box loop on CPU.
+        if torch is None:
+          rows.append(_Row("roi_spp", "torch crop + adaptive_max_pool2d loop", dtype, shape, label,
+                           note="skipped: torch not installed"))
+        else:
+          with torch.no_grad():
+            out = _torch_box_loop(torch, nchw, boxes, levels)
+            t, runs = _median_ms(lambda: _torch_box_loop(torch, nchw, boxes, levels), repeats,
+                                 warm_up=lambda: _torch_box_loop(torch, nchw, boxes[:, :8], levels),
+                                 budget_s=baseline_budget_s)
+          same = np.array_equal(out.float().numpy(), np.asarray(reference.astype(jnp.float32)))
+          rows.append(_Row("roi_spp", "torch crop + adaptive_max_pool2d loop", dtype, shape, label, t, t / t_roi,
+                           note=f"{runs} runs" + ("" if same else ", OUTPUT DIFFERS from roi_spp")))
+
+        # (b) naive masked max.
+        impl = "naive masked max (jax, lax.map)"
+        projected = naive_ms_per_box.get(kind, 0.0) * count * 1e-3
+        if projected > naive_budget_s:
+          rows.append(_Row("roi_spp", impl, dtype, shape, label,
+                           note=f"skipped: projected {projected:.0f} s per call from the smaller box count "
+                                f"(budget {naive_budget_s:.0f} s)"))
+        else:
+          chunk = naive_chunk_size(map_hw, channels, levels, itemsize, count)
+          naive = jax.jit(naive_roi_spp, static_argnames=("levels", "chunk"))
+          try:
+            compiled = naive.lower(features, boxes, levels=levels, chunk=chunk).compile()
+            out = compiled(features, boxes)
+            t, runs = _median_ms(lambda: compiled(features, boxes), repeats, _jax_sync, warm_up=lambda: out,
+                                 budget_s=baseline_budget_s)
+            naive_ms_per_box[kind] = t / count
+            same = np.array_equal(np.asarray(out.astype(jnp.float32)), np.asarray(reference.astype(jnp.float32)))
+            note = f"chunk {chunk} boxes, {runs} runs"
+            rows.append(_Row("roi_spp", impl, dtype, shape, label, t, t / t_roi,
+                             note=note + ("" if same else ", OUTPUT DIFFERS from roi_spp")))
+          except Exception as err:  # XLA reports out-of-memory as a runtime error
+            message = str(err).splitlines()[0][:120]
+            reason = "out of memory" if "RESOURCE_EXHAUSTED" in str(err) or isinstance(err, MemoryError) else "failed"
+            rows.append(_Row("roi_spp", impl, dtype, shape, label, note=f"skipped: {reason}: {message}"))
+
+        # (c) torchvision roi_pool on a GPU, once per level.
+        impl = "torchvision roi_pool per level (GPU)"
+        if roi_pool is None:
+          rows.append(_Row("roi_spp", impl, dtype, shape, label, note=f"skipped: {gpu_reason}"))
+        else:
+          cuda = torch.device("cuda")
+          nchw_gpu = torch.from_numpy(base.transpose(0, 3, 1, 2).copy()).to(cuda, _torch_dtype(torch, dtype))
+          rois = torch.from_numpy(np.concatenate([np.zeros((count, 1)), boxes[0]], 1).astype(np.float32))
+          rois = rois.to(cuda, _torch_dtype(torch, dtype))
+          try:
+            with torch.no_grad():
+              t, _ = _median_ms(lambda: _torchvision_roi_pool_per_level(torch, roi_pool, nchw_gpu, rois, levels),
+                                repeats, lambda out: torch.cuda.synchronize())
+            rows.append(_Row("roi_spp", impl, dtype, shape, label, t, t / t_roi))
+          except Exception as err:
+            rows.append(_Row("roi_spp", impl, dtype, shape, label,
+                             note=f"skipped: {type(err).__name__}: {str(err).splitlines()[0][:100]}"))
+
+    # Whole-map SPP.
+    spp_fn = jax.jit(spp, static_argnames="levels")
+    for side in whole_map_sides:
+      maps32 = rng.standard_normal((whole_map_batch, side, side, channels)).astype(np.float32)
+      maps = jnp.asarray(maps32, jdtype)
+      shape = f"{whole_map_batch}x{side}x{side}x{channels}"
+      reference = spp_fn(maps, levels=levels)
+      t_spp, _ = _median_ms(lambda: spp_fn(maps, levels=levels), repeats, _jax_sync)
+      moved = (maps.size + whole_map_batch * spp_output_dim(channels, levels)) * itemsize
+      rows.append(_Row("spp", "spp (jit, static slices)", dtype, shape, "whole map", t_spp, 1.0,
+                       moved / (t_spp * 1e-3) / 1e9))
+      if torch is None:
+        rows.append(_Row("spp", "torch adaptive_max_pool2d per level", dtype, shape, "whole map",
+                         note="skipped: torch not installed"))
+      else:
+        nchw = torch.from_numpy(maps32.transpose(0, 3, 1, 2).copy()).to(_torch_dtype(torch, dtype))
+        with torch.no_grad():
+          out = _torch_whole_maps(torch, nchw, levels)
+          t, _ = _median_ms(lambda: _torch_whole_maps(torch, nchw, levels), repeats)
+        same = np.array_equal(out.float().numpy(), np.asarray(reference.astype(jnp.float32)))
+        rows.append(_Row("spp", "torch adaptive_max_pool2d per level", dtype, shape, "whole map", t, t / t_spp,
+                         note="" if same else "OUTPUT DIFFERS from spp"))
+
+  return [dict(dataclasses.asdict(row), env=env) for row in rows]
+
+
+def format_table(rows: Sequence[dict]) -> str:
+  """Markdown: an environment line, the timing table and the bytes model."""
+  def number(value, digits):
+    return "" if value is None else f"{value:.{digits}f}"
+
+  lines = []
+  if rows and rows[0].get("env"):
+    env = rows[0]["env"]
+    parts = [f"{key} {value}" for key, value in env.items() if value is not None]
+    lines += ["Environment: " + "; ".join(parts), ""]
+  lines.append("| op | implementation | dtype | input | boxes | ms (median) | x roi_spp/spp | GB/s | note |")
+  lines.append("|---|---|---|---|---|---:|---:|---:|---|")
+  for row in rows:
+    lines.append(f"| {row['op']} | {row['impl']} | {row['dtype']} | {row['shape']} | {row['boxes']} | "
+                 f"{number(row['ms'], 2)} | {number(row['vs_roi_spp'], 1)} | {number(row['gb_per_s'], 1)} | "
+                 f"{row['note']} |")
+  lines += ["", "x roi_spp/spp: the row's time divided by the roi_spp (or spp) time of the same dtype, input "
+            "and boxes; above 1 means slower than this library.",
+            "GB/s model, roi_spp: map read once + sparse table written once ((floor(log2 H)+1) x "
+            "(floor(log2 W)+1) copies of the map) + 4 table reads of C values per bin and box + the output "
+            "written once. spp: maps read once + output written once. The time includes all of it."]
+  return "\n".join(lines)
