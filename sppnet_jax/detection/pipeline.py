@@ -190,6 +190,13 @@ def cache_key(config: ml_collections.ConfigDict, trunk: Trunk) -> str:
 # ------------------------------------------------------------------------------------- proposals and cache
 
 
+def split_cache_dir(workdir: str | os.PathLike, config: ml_collections.ConfigDict, trunk: Trunk, kind: str) -> pathlib.Path:
+  """``workdir/cache/<key>/<split name>``: the feature cache of the train (``kind='train'``) or test split."""
+  split = config.train_split if kind == "train" else config.test_split
+  safe = "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in str(split))
+  return pathlib.Path(workdir) / "cache" / cache_key(config, trunk) / f"{kind}-{safe}"
+
+
 def _proposal_lists(config: ml_collections.ConfigDict, split_kind: str) -> list[np.ndarray] | None:
   path = config.proposals.file if split_kind == "train" else config.proposals.test_file
   if not path:
@@ -487,8 +494,10 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
   key = cache_key(config, trunk)
   cache_dir = workdir / "cache" / key
   log(f"feature cache: {cache_dir}")
-  train_paths = cache_split(config, trunk, train_src, cache_dir / "train", True, _proposal_lists(config, "train"), log)
-  test_paths = cache_split(config, trunk, test_src, cache_dir / "test", False, _proposal_lists(config, "test"), log)
+  train_paths = cache_split(config, trunk, train_src, split_cache_dir(workdir, config, trunk, "train"), True,
+                            _proposal_lists(config, "train"), log)
+  test_paths = cache_split(config, trunk, test_src, split_cache_dir(workdir, config, trunk, "test"), False,
+                           _proposal_lists(config, "test"), log)
   t_cache = time.time() - t0
 
   # Fine-tuning.
