@@ -278,6 +278,7 @@ def test_end_to_end_tiny_synthetic_and_cache_reuse(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:class .* has no positive:RuntimeWarning")
 def test_detect_image_and_rcnn_on_a_trained_workdir(tmp_path):
   from PIL import Image
   config = _tiny_config()
