@@ -239,7 +239,7 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
                           channels: int = 256, levels: Sequence[int] = (6, 3, 2, 1),
                           dtypes: Sequence[str] = ("float32", "bfloat16"), repeats: int = 5,
                           whole_map_batch: int = 32, whole_map_sides: Sequence[int] = (13, 10),
-                          baseline_budget_s: float = 10.0, naive_budget_s: float = 20.0,
+                          baseline_budget_s: float = 5.0, naive_budget_s: float = 20.0,
                           torch_threads: int | None = None, seed: int = 0) -> list[dict]:
   """Times ROI and whole-map SPP; returns one dict per (op, implementation, dtype, size).
 
@@ -249,7 +249,9 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
   every row).
 
   ``roi_spp`` and ``spp`` always get ``repeats`` runs. The baselines stop timing once
-  ``baseline_budget_s`` has passed (at least one run; the note gives the count). The naive
+  ``baseline_budget_s`` has passed (at least one run; the note gives the count); the torch
+  loop, whose cost is the same for every box, is timed on the first K boxes and scaled by
+  R / K when all R would not fit the budget (the note says so). The naive
   version is skipped for a box count when the time measured at a smaller count, scaled
   linearly, says one call would exceed ``naive_budget_s``, and reported as skipped when it
   runs out of memory. ``torch_threads``: None keeps torch's default thread count.
@@ -308,24 +310,42 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
                            note="skipped: torch not installed"))
         else:
           with torch.no_grad():
-            out = _torch_box_loop(torch, nchw, boxes, levels)
-            t, runs = _median_ms(lambda: _torch_box_loop(torch, nchw, boxes, levels), repeats,
-                                 warm_up=lambda: _torch_box_loop(torch, nchw, boxes[:, :8], levels),
-                                 budget_s=baseline_budget_s)
-          same = np.array_equal(out.float().numpy(), np.asarray(reference.astype(jnp.float32)))
+            # The loop costs the same per box, so when all R boxes would not fit the budget the
+            # first K are timed and the time scaled by R / K.
+            probe = min(count, 8)
+            start = time.perf_counter()
+            _torch_box_loop(torch, nchw, boxes[:, :probe], levels)
+            per_box = (time.perf_counter() - start) / probe
+            timed = int(min(count, max(probe, baseline_budget_s / (repeats * per_box))))
+            subset = boxes[:, :timed]
+            out = _torch_box_loop(torch, nchw, subset, levels)
+            t, runs = _median_ms(lambda: _torch_box_loop(torch, nchw, subset, levels), repeats,
+                                 warm_up=lambda: out, budget_s=baseline_budget_s)
+            t *= count / timed
+          same = np.array_equal(out.float().numpy(), np.asarray(reference[:, :timed].astype(jnp.float32)))
+          note = f"{runs} runs" + ("" if timed == count else f" on the first {timed} boxes, scaled to {count}")
           rows.append(_Row("roi_spp", "torch crop + adaptive_max_pool2d loop", dtype, shape, label, t, t / t_roi,
-                           note=f"{runs} runs" + ("" if same else ", OUTPUT DIFFERS from roi_spp")))
+                           note=note + ("" if same else ", OUTPUT DIFFERS from roi_spp")))
 
         # (b) naive masked max.
         impl = "naive masked max (jax, lax.map)"
+        naive = jax.jit(naive_roi_spp, static_argnames=("levels", "chunk"))
+        if kind not in naive_ms_per_box and count > 16:  # nothing smaller measured yet: time a 16-box probe
+          probe = boxes[:, :16]
+          probe_chunk = naive_chunk_size(map_hw, channels, levels, itemsize, 16)
+          try:
+            start = time.perf_counter()
+            jax.block_until_ready(naive(features, probe, levels=levels, chunk=probe_chunk))
+            naive_ms_per_box[kind] = 1e3 * (time.perf_counter() - start) / 16  # includes compiling: an upper bound
+          except Exception:
+            pass
         projected = naive_ms_per_box.get(kind, 0.0) * count * 1e-3
         if projected > naive_budget_s:
           rows.append(_Row("roi_spp", impl, dtype, shape, label,
-                           note=f"skipped: projected {projected:.0f} s per call from the smaller box count "
+                           note=f"skipped: projected {projected:.0f} s per call from a smaller box count "
                                 f"(budget {naive_budget_s:.0f} s)"))
         else:
           chunk = naive_chunk_size(map_hw, channels, levels, itemsize, count)
-          naive = jax.jit(naive_roi_spp, static_argnames=("levels", "chunk"))
           try:
             compiled = naive.lower(features, boxes, levels=levels, chunk=chunk).compile()
             out = compiled(features, boxes)
