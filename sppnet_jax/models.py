@@ -207,8 +207,9 @@ class Head(nn.Module):
       if name == "fc7" and return_fc7:
         return x
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    w_init, _ = _initializers(self.initializer, 0.0)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=w_init, name="fc8")(x)
+    # The classifier starts near zero (Gaussian std 0.01, as the released model) under both
+    # initialisers, so the first steps see near-uniform predictions.
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01), name="fc8")(x)
     return logits.astype(jnp.float32)
 
 

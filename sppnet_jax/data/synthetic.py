@@ -315,7 +315,8 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, top: int
 
 def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
                  min_size: float, max_size: float, clutter: int,
-                 p_inside: float = 1.0, return_masks: bool = False,
+                 p_inside: float = 1.0, centre_spread: float | None = None,
+                 return_masks: bool = False,
                  ) -> tuple[np.ndarray, list[SceneObject]] | tuple[
                    np.ndarray, list[SceneObject], list[np.ndarray]]:
   """Render a scene with one object per entry of ``labels``, drawn in that order.
@@ -324,7 +325,9 @@ def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
   log-uniform in ``[min_size, max_size]``. Each object lies fully inside the
   image with probability ``p_inside`` (always for the last one, so at least one
   object is fully visible); otherwise only its centre does and the border may
-  cut it. Later objects occlude earlier ones. Returns the uint8 image and one
+  cut it. With ``centre_spread`` s, fully-inside objects are centred within the
+  middle fraction s of each side (as photo subjects tend to be), which keeps them
+  in the five training crops. Later objects occlude earlier ones. Returns the uint8 image and one
   :class:`SceneObject` per label whose visible part is non-empty (in draw order);
   with ``return_masks=True`` also each returned object's visible-pixel mask
   (h, w) bool, e.g. to check that boxes are tight.
@@ -344,8 +347,14 @@ def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
     pos = np.concatenate([v for v, sign in parts if sign > 0])
     lo, hi = pos.min(0), pos.max(0)
     if k == len(labels) - 1 or rng.random() < p_inside:
-      cx = rng.uniform(-lo[0], max(w - hi[0], -lo[0] + 1e-3))
-      cy = rng.uniform(-lo[1], max(h - hi[1], -lo[1] + 1e-3))
+      x_range = [-lo[0], max(w - hi[0], -lo[0] + 1e-3)]
+      y_range = [-lo[1], max(h - hi[1], -lo[1] + 1e-3)]
+      if centre_spread is not None:
+        for r, side in ((x_range, w), (y_range, h)):
+          a, b = side * (1 - centre_spread) / 2, side * (1 + centre_spread) / 2
+          if max(a, r[0]) < min(b, r[1]):
+            r[:] = max(a, r[0]), min(b, r[1])
+      cx, cy = rng.uniform(*x_range), rng.uniform(*y_range)
     else:
       cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     mask, top, left = shape_mask(parts, cx, cy, h, w)
@@ -404,12 +413,15 @@ class SyntheticClassification:
     clutter: maximum number of small distractor marks per image (0 disables).
 
   Image width/height ratios are log-uniform in [3/4, 16/9] (portrait and
-  landscape). The object's extent is log-uniform in [0.15, 0.8] of the short
-  side, so within a class object sizes vary by well over 4x.
+  landscape). The object's extent is log-uniform in [0.22, 0.9] of the short
+  side, so within a class object sizes vary by over 4x, and its centre lies in
+  the middle 40% of each side, so the centre and corner training crops keep it
+  in view.
   """
 
-  min_rel_size: float = 0.15
-  max_rel_size: float = 0.8
+  min_rel_size: float = 0.22
+  max_rel_size: float = 0.9
+  centre_spread: float = 0.4
 
   def __init__(self, split: str, num_examples: int, seed: int = 0, min_side: int = 160,
                max_side: int = 320, clutter: int = 6):
@@ -445,7 +457,8 @@ class SyntheticClassification:
       h, w = int(round(short / ratio)), short
     image, objects = render_scene(
       rng, h, w, [label], min_size=self.min_rel_size * short,
-      max_size=self.max_rel_size * short, clutter=int(rng.integers(0, self.clutter + 1)))
+      max_size=self.max_rel_size * short, clutter=int(rng.integers(0, self.clutter + 1)),
+      centre_spread=self.centre_spread)
     return image, objects[0]
 
   def __getitem__(self, index: int) -> dict[str, Any]:
