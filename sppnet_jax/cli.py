@@ -5,7 +5,9 @@
   sppnet report   DIR [DIR ...] --out report.md
   sppnet summary  --model zf5 --size 224 [--nospp]
   sppnet ablation --workdir DIR    (the scale ablation on the built-in data; prints the table)
-  sppnet bench    [--out DIR]
+  sppnet detect   --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
+  sppnet detect   --workdir DIR --image PATH [--out detections.png]
+  sppnet bench    [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ flags.DEFINE_string("model", "zf5", "Network for summary: zf5, convnet5, overfea
 flags.DEFINE_integer("size", 224, "Input size for summary.")
 flags.DEFINE_bool("nospp", False, "summary: the no-SPP baseline head.")
 flags.DEFINE_bool("quick", False, "bench: smaller problem sizes.")
+flags.DEFINE_string("image", None, "detect: an image file to run a trained detection workdir on.")
 
-COMMANDS = ("train", "evaluate", "report", "summary", "ablation", "bench")
+COMMANDS = ("train", "evaluate", "report", "summary", "ablation", "detect", "bench")
 
 
 def _require(name: str) -> str:
@@ -72,6 +75,19 @@ def _ablation(args):
   print(ablation.run_scale_ablation(FLAGS.workdir or "runs/scale_ablation"))
 
 
+def _detect(args):
+  from sppnet_jax.detection import pipeline
+  workdir = _require("workdir")
+  if FLAGS.image is not None:
+    out = FLAGS.out or "detections.png"
+    result = pipeline.detect_image(workdir, FLAGS.image, out)
+    print(f"{len(result['scores'])} detections; drawn into {out}")
+    return
+  if FLAGS.config is None:
+    raise app.UsageError("give --config experiments/detection/X.py to train, or --image PATH to detect.")
+  print(json.dumps(pipeline.train_and_evaluate_detection(FLAGS.config, workdir), indent=2, default=str))
+
+
 def _bench(args):
   from sppnet_jax.bench import suite
   print(suite.run_suite(FLAGS.out or "benchmarks/results", quick=FLAGS.quick))
@@ -84,7 +100,7 @@ def main(argv=None):
     sys.exit(2 if len(argv) >= 2 and argv[1] not in ("-h", "--help") else 0)
   command = argv.pop(1)
   handler = {"train": _train, "evaluate": _evaluate, "report": _report, "summary": _summary,
-             "ablation": _ablation, "bench": _bench}[command]
+             "ablation": _ablation, "detect": _detect, "bench": _bench}[command]
   logging.set_verbosity(logging.WARNING)
   app.run(lambda args: handler(args[1:]), argv=argv)
 

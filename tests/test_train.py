@@ -26,7 +26,7 @@ TINY_OVERRIDES = """
   c.model.fc_width = 32
   c.data.update(num_train=64, num_eval=32, crop_size=64, short_side=72, second_size=52, mean_samples=16)
   c.train.update(batch_size=16, num_epochs={epochs}, log_every_steps=1, checkpoint_every_steps={ckpt},
-                 lr_drop_epochs=(), learning_rate=0.01, progress_bar=False)
+                 lr_drop_epochs=(), optimizer="sgd", learning_rate=0.01, progress_bar=False)
   c.eval.update(views=("crop",), batch_size=16)
 """
 
@@ -74,10 +74,10 @@ def test_multi_size_trains_with_one_compile_per_size(tmp_path):
 
 def test_size_schedules():
   c = configs.synthetic("multi")
-  assert train.size_schedule(c)[:4] == [128, 104, 128, 104]
+  assert train.size_schedule(c)[:4] == [112, 90, 112, 90]
   c = configs.synthetic("random")
   sizes = train.size_schedule(c)
-  assert all(104 <= s <= 128 for s in sizes) and sizes == train.size_schedule(c)
+  assert all(90 <= s <= 112 for s in sizes) and sizes == train.size_schedule(c)
   c.train.mode = "sideways"
   with pytest.raises(ValueError, match="single', 'multi' or 'random'"):
     train.size_schedule(c)

@@ -1,6 +1,6 @@
-"""Scale ablation on the built-in synthetic shapes: no-SPP baseline (pool5 to a fixed map, fixed 128 input).
+"""Scale ablation on the built-in synthetic shapes: no-SPP baseline (pool5 to a fixed map, fixed 112 input).
 
-A slim ZF-5 (quarter width, fc 512) at 128/104, the paper's 224/180 scaled down, so it trains on 2 CPU cores in a few minutes.
+A slim ZF-5 (quarter width, fc 512) at 112/90, the paper's 224/180 scaled down, so it trains on 2 CPU cores in a few minutes.
 
 Run:
   sppnet train --config experiments/synthetic/scale_nospp.py --workdir runs/scale_nospp

@@ -1,6 +1,6 @@
-"""Scale ablation on the built-in synthetic shapes: SPP random-size (a size from [104, 128] per epoch).
+"""Scale ablation on the built-in synthetic shapes: SPP random-size (a size from [90, 112] per epoch).
 
-A slim ZF-5 (quarter width, fc 512) at 128/104, the paper's 224/180 scaled down, so it trains on 2 CPU cores in a few minutes.
+A slim ZF-5 (quarter width, fc 512) at 112/90, the paper's 224/180 scaled down, so it trains on 2 CPU cores in a few minutes.
 
 Run:
   sppnet train --config experiments/synthetic/scale_random.py --workdir runs/scale_random

@@ -1,6 +1,6 @@
-"""Scale ablation on the built-in synthetic shapes: SPP single-size (128 input).
+"""Scale ablation on the built-in synthetic shapes: SPP single-size (112 input).
 
-A slim ZF-5 (quarter width, fc 512) at 128/104, the paper's 224/180 scaled down, so it trains on 2 CPU cores in a few minutes.
+A slim ZF-5 (quarter width, fc 512) at 112/90, the paper's 224/180 scaled down, so it trains on 2 CPU cores in a few minutes.
 
 Run:
   sppnet train --config experiments/synthetic/scale_single.py --workdir runs/scale_single

@@ -8,7 +8,7 @@ A scene is a textured background (smooth noise, stripes, a gradient, a
 checkerboard or soft blotches), optional small clutter (dots and short line
 segments, far smaller than any object) and one or more shape objects. Each
 object class is a shape defined in unit coordinates; an instance is that shape
-stretched (aspect ratio 0.6-1.6), rotated, scaled (its extent varies about 5x
+stretched (aspect ratio up to 0.6-1.6), rotated, scaled (its extent varies about 5x
 within a class), moved and filled with a shaded colour that contrasts with the
 background under it.
 
@@ -213,9 +213,15 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
 
 def _background(rng: np.random.Generator, h: int, w: int, grain: np.ndarray,
                 amp: float) -> np.ndarray:
-  """A textured uint8 background (h, w, 3): a texture field through a random 2-3 colour palette."""
+  """A textured uint8 background (h, w, 3): a texture field through a 2-3 colour palette.
+
+  The palette colours lie within +-48 per channel of a random base colour, so the
+  texture is clearly visible but has less contrast than the objects painted on it
+  (whose colours are drawn far from the background under them).
+  """
   field = _background_field(rng, h, w)
-  colours = [_random_colour(rng) for _ in range(int(rng.integers(2, 4)))]
+  base = _random_colour(rng)
+  colours = [np.clip(base + rng.uniform(-48, 48, 3), 0, 255) for _ in range(int(rng.integers(2, 4)))]
   if amp > 0:
     field = field + np.float32(amp) * grain
   return _apply_lut(field, _ramp_lut(colours))
@@ -316,6 +322,7 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, top: int
 def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
                  min_size: float, max_size: float, clutter: int,
                  p_inside: float = 1.0, centre_spread: float | None = None,
+                 max_angle: float = np.pi, max_stretch: float = 1.6,
                  return_masks: bool = False,
                  ) -> tuple[np.ndarray, list[SceneObject]] | tuple[
                    np.ndarray, list[SceneObject], list[np.ndarray]]:
@@ -327,7 +334,9 @@ def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
   object is fully visible); otherwise only its centre does and the border may
   cut it. With ``centre_spread`` s, fully-inside objects are centred within the
   middle fraction s of each side (as photo subjects tend to be), which keeps them
-  in the five training crops. Later objects occlude earlier ones. Returns the uint8 image and one
+  in the five training crops. Rotations are uniform in ``[-max_angle, max_angle]``
+  and aspect stretches log-uniform in ``[1/max_stretch, max_stretch]``. Later
+  objects occlude earlier ones. Returns the uint8 image and one
   :class:`SceneObject` per label whose visible part is non-empty (in draw order);
   with ``return_masks=True`` also each returned object's visible-pixel mask
   (h, w) bool, e.g. to check that boxes are tight.
@@ -342,8 +351,8 @@ def render_scene(rng: np.random.Generator, h: int, w: int, labels: list[int], *,
   for k, label in enumerate(labels):
     size = float(np.exp(rng.uniform(np.log(min_size), np.log(max_size))))
     size = min(size, 0.98 * min(h, w))
-    aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
-    parts = _transform(label, size, aspect, rng.uniform(0, 2 * np.pi))
+    aspect = float(np.exp(rng.uniform(-np.log(max_stretch), np.log(max_stretch))))
+    parts = _transform(label, size, aspect, rng.uniform(-max_angle, max_angle))
     pos = np.concatenate([v for v, sign in parts if sign > 0])
     lo, hi = pos.min(0), pos.max(0)
     if k == len(labels) - 1 or rng.random() < p_inside:
@@ -416,12 +425,15 @@ class SyntheticClassification:
   landscape). The object's extent is log-uniform in [0.22, 0.9] of the short
   side, so within a class object sizes vary by over 4x, and its centre lies in
   the middle 40% of each side, so the centre and corner training crops keep it
-  in view.
+  in view. Objects are upright within +-22.5 degrees and stretched by at most
+  4:3, as photographed objects mostly are.
   """
 
   min_rel_size: float = 0.22
   max_rel_size: float = 0.9
   centre_spread: float = 0.4
+  max_angle: float = np.pi / 8
+  max_stretch: float = 4 / 3
 
   def __init__(self, split: str, num_examples: int, seed: int = 0, min_side: int = 160,
                max_side: int = 320, clutter: int = 6):
@@ -458,7 +470,7 @@ class SyntheticClassification:
     image, objects = render_scene(
       rng, h, w, [label], min_size=self.min_rel_size * short,
       max_size=self.max_rel_size * short, clutter=int(rng.integers(0, self.clutter + 1)),
-      centre_spread=self.centre_spread)
+      centre_spread=self.centre_spread, max_angle=self.max_angle, max_stretch=self.max_stretch)
     return image, objects[0]
 
   def __getitem__(self, index: int) -> dict[str, Any]:
