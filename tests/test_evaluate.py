@@ -1,0 +1,79 @@
+"""Evaluation views: hand-computed window grids, padded full-image pooling against unpadded
+forwards, and every view end to end on a slim network."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sppnet_jax import configs, evaluate, models
+from sppnet_jax.data import sources
+
+
+@pytest.fixture(scope="module")
+def net():
+  model = models.create_model("zf5", num_classes=12, width=0.125, fc_width=32)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+  return model, params
+
+
+def test_window_grid_positions_and_duplicates():
+  windows, keep = evaluate.window_grid(np.array([[128, 200], [112, 150]]), 112)
+  # 128 x 200: rows at 0, 8, 16 and columns at 0, 44, 88 -> 9 distinct windows.
+  assert keep[0].all()
+  np.testing.assert_array_equal(windows[0, 4], [44, 8, 155, 119])  # the centre window
+  np.testing.assert_array_equal(windows[0, 8], [88, 16, 199, 127])  # bottom-right corner
+  # 112 x 150: every row offset is 0, so only the 3 column positions differ.
+  assert keep[1].sum() == 3
+  np.testing.assert_array_equal(windows[1][keep[1]][:, 0], [0, 19, 38])
+
+
+def test_flip_valid_mirrors_only_the_valid_columns():
+  images = jnp.arange(2 * 1 * 5, dtype=jnp.float32).reshape(2, 1, 5, 1)
+  flipped = evaluate._flip_valid(images, jnp.array([[1, 3], [1, 5]]))
+  np.testing.assert_array_equal(flipped[0, 0, :, 0], [2, 1, 0, 3, 4])
+  np.testing.assert_array_equal(flipped[1, 0, :, 0], [9, 8, 7, 6, 5])
+
+
+def test_padded_full_view_equals_each_image_alone(net):
+  model, params = net
+  rng = np.random.default_rng(0)
+  sizes = [(64, 96), (80, 64)]
+  batch = np.zeros((2, 96, 96, 3), np.float32)
+  alone = []
+  for i, (h, w) in enumerate(sizes):
+    image = rng.normal(size=(h, w, 3)).astype(np.float32)
+    batch[i, :h, :w] = image
+    alone.append(jax.nn.softmax(model.apply({"params": params}, image[None]))[0])
+  padded = evaluate._full_probs(model, params, jnp.asarray(batch), jnp.asarray(sizes), 64)
+  np.testing.assert_allclose(padded, np.stack(alone), rtol=1e-5, atol=1e-6)
+
+
+def test_errors_are_counted_by_hand():
+  probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]])
+  labels = np.array([1, 2, 0])
+  # top-1: row 0 right, row 1 wrong, row 2 wrong; top-5 (all 3 classes) is always right.
+  assert evaluate._errors(probs, labels, np.array([True, True, True])) == (2, 0, 3)
+  assert evaluate._errors(probs, labels, np.array([True, False, False])) == (0, 0, 1)
+
+
+@pytest.mark.parametrize("view", evaluate.VIEWS)
+def test_every_view_runs_end_to_end(net, view):
+  model, params = net
+  config = configs.synthetic("single")
+  config.data.update(crop_size=64, short_side=72)
+  config.eval.update(batch_size=4, multiview_scales=(64, 80))
+  source = sources.get_source("synthetic", "validation", num_examples=6)
+  result = evaluate.evaluate_params(model, params, source, view=view, config=config, mean=np.float32(128.0))
+  assert result["num_examples"] == 6 and 0 <= result["top1_error"] <= 100
+  assert result["top5_error"] <= result["top1_error"]
+  if view == "multiview":
+    assert 2 < result["views_per_image"] <= 2 * 9 * 2 + 2
+
+
+def test_unknown_view_is_refused(net):
+  model, params = net
+  with pytest.raises(ValueError, match="unknown view"):
+    evaluate.evaluate_params(model, params, [], view="eleven", config=configs.synthetic("single"), mean=0.0)
