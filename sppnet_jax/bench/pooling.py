@@ -47,6 +47,7 @@ def _cpu_model() -> str:
 
 def environment() -> dict[str, Any]:
   """Device and library versions of this run."""
+  import flax
   import jaxlib
 
   device = jax.devices()[0]
@@ -55,6 +56,7 @@ def environment() -> dict[str, Any]:
       "jax_devices": len(jax.devices()),
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
+      "flax": flax.__version__,
       "numpy": np.__version__,
       "cpu": _cpu_model(),
       "cpu_cores": os.cpu_count(),
@@ -76,7 +78,7 @@ def environment() -> dict[str, Any]:
 # Timing helpers
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any] = lambda out: out,
+def median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any] = lambda out: out,
                warm_up: Callable[[], Any] | None = None, budget_s: float | None = None) -> tuple[float, int]:
   """(median wall time of ``fn`` in ms, number of timed runs).
 
@@ -299,7 +301,7 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
         label = f"{count} {kind}"
 
         reference = roi_fn(features, boxes, valid, levels=levels)
-        t_roi, _ = _median_ms(lambda: roi_fn(features, boxes, valid, levels=levels), repeats, _jax_sync)
+        t_roi, _ = median_ms(lambda: roi_fn(features, boxes, valid, levels=levels), repeats, _jax_sync)
         moved = roi_spp_bytes(map_hw, channels, levels, count, itemsize)
         rows.append(_Row("roi_spp", "roi_spp (jit, sparse table)", dtype, shape, label, t_roi, 1.0,
                          moved / (t_roi * 1e-3) / 1e9))
@@ -319,7 +321,7 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
             timed = int(min(count, max(probe, baseline_budget_s / (repeats * per_box))))
             subset = boxes[:, :timed]
             out = _torch_box_loop(torch, nchw, subset, levels)
-            t, runs = _median_ms(lambda: _torch_box_loop(torch, nchw, subset, levels), repeats,
+            t, runs = median_ms(lambda: _torch_box_loop(torch, nchw, subset, levels), repeats,
                                  warm_up=lambda: out, budget_s=baseline_budget_s)
             t *= count / timed
           same = np.array_equal(out.float().numpy(), np.asarray(reference[:, :timed].astype(jnp.float32)))
@@ -349,7 +351,7 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
           try:
             compiled = naive.lower(features, boxes, levels=levels, chunk=chunk).compile()
             out = compiled(features, boxes)
-            t, runs = _median_ms(lambda: compiled(features, boxes), repeats, _jax_sync, warm_up=lambda: out,
+            t, runs = median_ms(lambda: compiled(features, boxes), repeats, _jax_sync, warm_up=lambda: out,
                                  budget_s=baseline_budget_s)
             naive_ms_per_box[kind] = t / count
             same = np.array_equal(np.asarray(out.astype(jnp.float32)), np.asarray(reference.astype(jnp.float32)))
@@ -372,7 +374,7 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
           rois = rois.to(cuda, _torch_dtype(torch, dtype))
           try:
             with torch.no_grad():
-              t, _ = _median_ms(lambda: _torchvision_roi_pool_per_level(torch, roi_pool, nchw_gpu, rois, levels),
+              t, _ = median_ms(lambda: _torchvision_roi_pool_per_level(torch, roi_pool, nchw_gpu, rois, levels),
                                 repeats, lambda out: torch.cuda.synchronize())
             rows.append(_Row("roi_spp", impl, dtype, shape, label, t, t / t_roi))
           except Exception as err:
@@ -386,7 +388,7 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
       maps = jnp.asarray(maps32, jdtype)
       shape = f"{whole_map_batch}x{side}x{side}x{channels}"
       reference = spp_fn(maps, levels=levels)
-      t_spp, _ = _median_ms(lambda: spp_fn(maps, levels=levels), repeats, _jax_sync)
+      t_spp, _ = median_ms(lambda: spp_fn(maps, levels=levels), repeats, _jax_sync)
       moved = (maps.size + whole_map_batch * spp_output_dim(channels, levels)) * itemsize
       rows.append(_Row("spp", "spp (jit, static slices)", dtype, shape, "whole map", t_spp, 1.0,
                        moved / (t_spp * 1e-3) / 1e9))
@@ -397,7 +399,7 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
         nchw = torch.from_numpy(maps32.transpose(0, 3, 1, 2).copy()).to(_torch_dtype(torch, dtype))
         with torch.no_grad():
           out = _torch_whole_maps(torch, nchw, levels)
-          t, _ = _median_ms(lambda: _torch_whole_maps(torch, nchw, levels), repeats)
+          t, _ = median_ms(lambda: _torch_whole_maps(torch, nchw, levels), repeats)
         same = np.array_equal(out.float().numpy(), np.asarray(reference.astype(jnp.float32)))
         rows.append(_Row("spp", "torch adaptive_max_pool2d per level", dtype, shape, "whole map", t, t / t_spp,
                          note="" if same else "OUTPUT DIFFERS from spp"))

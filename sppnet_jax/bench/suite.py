@@ -18,7 +18,6 @@ import datetime
 import io
 import json
 import pathlib
-import statistics
 import time
 
 import jax
@@ -27,16 +26,6 @@ import numpy as np
 
 from sppnet_jax import models
 from sppnet_jax.bench import pooling
-
-
-def _median_seconds(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def train_step_benchmark(quick: bool, repeats: int = 5) -> list[dict]:
@@ -66,7 +55,7 @@ def train_step_benchmark(quick: bool, repeats: int = 5) -> list[dict]:
           holder["state"], metrics = compiled(holder["state"], images, labels, jnp.float32(0.01), jax.random.key(0))
           jax.block_until_ready(metrics["loss"])
 
-        seconds = _median_seconds(run, repeats)
+        seconds = pooling.median_ms(run, repeats)[0] / 1e3
         state = holder["state"]
         rows.append({"model": name, "dtype": dtype, "input": size, "batch": batch, "step_ms": 1e3 * seconds,
                      "images_per_s": batch / seconds, "compile_s": compile_s})
@@ -91,7 +80,7 @@ def input_pipeline_benchmark(n: int = 64) -> dict:
       image = sources.to_rgb_uint8(np.asarray(Image.open(io.BytesIO(blob))))
       augment.train_example(image, rng, crop_size=224, short_side=256)
 
-  seconds = _median_seconds(run, 5)
+  seconds = pooling.median_ms(run, 5)[0] / 1e3
   return {"images_per_s_per_core": n / seconds, "images": n, "source_short_side": "300-500"}
 
 

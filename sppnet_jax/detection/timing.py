@@ -16,7 +16,6 @@ windows, batch padding aside); such numbers are marked as extrapolated in the ta
 
 from __future__ import annotations
 
-import platform
 import time
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 
 from sppnet_jax import models
+from sppnet_jax.bench import pooling
 from sppnet_jax.detection import features as feats
 from sppnet_jax.detection import rcnn
 
@@ -115,17 +115,8 @@ def time_detection(model: models.SPPNet, params: Any, images: Sequence[np.ndarra
   out.update(rcnn_extrapolated=extrapolated, windows_per_image=float(np.mean([len(w) for w in windows])),
              rcnn_windows_run=float(np.mean(run_counts)), images=len(images),
              scales_1=list(settings_1.scales), scales_5=list(settings_5.scales), warp_size=int(warp_size),
-             environment=environment())
+             environment=pooling.environment())
   return out
-
-
-def environment() -> dict[str, str]:
-  """Device and library versions, for the timing record."""
-  import flax
-  dev = jax.devices()[0]
-  return {"device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))} x{jax.device_count()}",
-          "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-          "jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -155,6 +146,6 @@ def format_table(result: dict[str, Any]) -> str:
   lines.append(f"Measured: mean over {result.get('images')} images, {result.get('windows_per_image'):.0f} windows per "
                f"image; R-CNN run on {result.get('rcnn_windows_run'):.0f} windows per image"
                + (" and its conv time scaled linearly to all windows" if ext else "") + ". "
-               f"Device: {env.get('device')} ({env.get('cpu')}); jax {env.get('jax')}, flax {env.get('flax')}. "
+               f"Device: {env.get('jax_device')} x{env.get('jax_devices')} ({env.get('cpu')}); jax {env.get('jax')}, flax {env.get('flax')}. "
                "Paper: GPU (GTX Titan), Caffe, ZF-5, ~2,000 windows, mean over 100 VOC images.")
   return "\n".join(lines)
