@@ -7,7 +7,7 @@
   sppnet ablation --workdir DIR    (the scale ablation on the built-in data; prints the table)
   sppnet detect   --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
   sppnet detect   --workdir DIR --image PATH [--out detections.png]
-  sppnet bench    [--out DIR] [--quick]
+  sppnet bench    [--out DIR] [--quick] [--[no]torch_compile]
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ flags.DEFINE_string("model", "zf5", "Network for summary: zf5, convnet5, overfea
 flags.DEFINE_integer("size", 224, "Input size for summary.")
 flags.DEFINE_bool("nospp", False, "summary: the no-SPP baseline head.")
 flags.DEFINE_bool("quick", False, "bench: smaller problem sizes.")
+flags.DEFINE_bool("torch_compile", None, "bench: torch.compile the PyTorch peer's training step (default: on, "
+                  "off with --quick).")
 flags.DEFINE_string("image", None, "detect: an image file to run a trained detection workdir on.")
 
 COMMANDS = ("train", "evaluate", "report", "summary", "ablation", "detect", "bench")
@@ -90,7 +92,7 @@ def _detect(args):
 
 def _bench(args):
   from sppnet_jax.bench import suite
-  print(suite.run_suite(FLAGS.out or "benchmarks/results", quick=FLAGS.quick))
+  print(suite.run_suite(FLAGS.out or "benchmarks/results", quick=FLAGS.quick, torch_compile=FLAGS.torch_compile))
 
 
 def main(argv=None):

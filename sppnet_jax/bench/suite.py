@@ -2,37 +2,85 @@
 
 Sections (each figure a median over >= 5 runs after warm-up, unless the row says otherwise):
   1. pooling: ``roi_spp`` / ``spp`` against a per-box torch adaptive-pooling loop and the
-     naive masked-max JAX version (``bench.pooling``); torchvision's roi_pool on a GPU;
+     naive masked-max JAX version (``bench.pooling``); torchvision's roi_pool on a GPU; the
+     library's achieved bytes/s under the minimal-bytes model as a fraction of the peak
+     bandwidth;
   2. training step: ZF-5 and Overfeat-7 SPP networks at 224 and 180 (batch 128 on a GPU,
-     a small batch on a CPU), float32 and bfloat16 - images/s and compile time;
+     a small batch on a CPU), float32 and bfloat16 - images/s, compile time, TFLOP/s and
+     MFU, each JAX row next to the PyTorch peer's (``bench.torch_peer``);
   3. detection: per-image conv / fc / total time of SPP 1-scale, SPP 5-scale and R-CNN on
      the same images and trunk (``detection.timing``);
   4. input pipeline: images/s on one core decoding a JPEG and applying the training
      augmentation at 224.
+Peaks (``bench.hardware``): spec-sheet figures on a known GPU, else a matmul and a streaming
+pass measured at the start of the run; every fraction names its denominator.
 What a section cannot measure on this machine is listed under ``skipped`` with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import importlib.util
 import io
 import json
 import pathlib
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sppnet_jax import models
-from sppnet_jax.bench import pooling
+from sppnet_jax import models, ops
+from sppnet_jax.bench import hardware, pooling
 
 
-def train_step_benchmark(quick: bool, repeats: int = 5) -> list[dict]:
-  """Images/s of a full SGD step (forward, backward, update) of the SPP networks."""
+def _torch_peer():
+  """The torch peer module, or None when torch is not installed."""
+  try:
+    from sppnet_jax.bench import torch_peer
+  except ImportError:
+    return None
+  return torch_peer
+
+
+def _with_flops(row: dict, model: models.SPPNet, peaks: hardware.Peaks) -> dict:
+  """Adds GFLOP per step, achieved TFLOP/s and MFU (against the peak of the row's dtype) to a timed row."""
+  flops = hardware.train_step_flops(model, (row["input"], row["input"]), row["batch"])
+  achieved = flops / (row["step_ms"] * 1e-3)
+  return dict(row, gflop_per_step=flops / 1e9, tflops_per_s=achieved / 1e12,
+              mfu=hardware.utilisation(achieved, peaks.flops_per_s.get(row["dtype"])),
+              mfu_of=peaks.flops_label.get(row["dtype"]))
+
+
+def _torch_row(peer, model: models.SPPNet, jax_row: dict, peaks: hardware.Peaks, repeats: int,
+               compile_model: bool) -> dict:
+  """The torch peer's row for the JAX row's model, dtype, input and batch, with the JAX / torch speed ratio."""
+  keys = {k: jax_row[k] for k in ("model", "dtype", "input", "batch")}
+  if peer is None:
+    return dict(keys, framework="torch", note="skipped: torch not installed")
+  timed = peer.train_step_benchmark(model, jax_row["dtype"], jax_row["input"], jax_row["batch"], repeats,
+                                    compile_model)
+  parts = ["torch.compile" if compile_model else "eager, no torch.compile", "channels_last"]
+  parts += ["bfloat16 autocast"] if jax_row["dtype"] == "bfloat16" else []
+  row = dict(keys, framework="torch", step_ms=timed["step_ms"], images_per_s=timed["images_per_s"],
+             compile_s=timed["compile_s"], note=", ".join(parts))
+  return dict(_with_flops(row, model, peaks), jax_over_torch=jax_row["images_per_s"] / timed["images_per_s"])
+
+
+def train_step_benchmark(quick: bool, peaks: hardware.Peaks, torch_compile: bool, repeats: int = 5) -> list[dict]:
+  """Images/s, TFLOP/s and MFU of a full SGD step (forward, backward, update) of the SPP networks.
+
+  Each JAX row is followed by the torch peer's row (``bench.torch_peer``) for the same model,
+  dtype, input and batch; ``jax_over_torch`` on it is JAX images/s over torch images/s.
+  ``compile_s``: JAX's ahead-of-time compile; torch's first step (compiling included with
+  ``torch_compile``, else eager warm-up).
+  """
   import optax
 
   from sppnet_jax import train
+  peer = _torch_peer()
   on_gpu = jax.devices()[0].platform == "gpu"
   batch = 128 if on_gpu else (4 if quick else 8)
   nets = ("zf5", "overfeat7") if (on_gpu or not quick) else ("zf5",)
@@ -57,9 +105,39 @@ def train_step_benchmark(quick: bool, repeats: int = 5) -> list[dict]:
 
         seconds = pooling.median_ms(run, repeats)[0] / 1e3
         state = holder["state"]
-        rows.append({"model": name, "dtype": dtype, "input": size, "batch": batch, "step_ms": 1e3 * seconds,
-                     "images_per_s": batch / seconds, "compile_s": compile_s})
+        jax_row = _with_flops({"model": name, "dtype": dtype, "input": size, "batch": batch, "framework": "jax",
+                               "step_ms": 1e3 * seconds, "images_per_s": batch / seconds, "compile_s": compile_s,
+                               "note": "jit"}, model, peaks)
+        rows += [jax_row, _torch_row(peer, model, jax_row, peaks, repeats, torch_compile)]
   return rows
+
+
+def roi_spp_min_bytes(map_hwc: tuple[int, int, int], num_boxes: int, levels: Sequence[int], itemsize: int) -> int:
+  """The least any ROI SPP must move: the conv map read once and the pooled output written once."""
+  height, width, channels = map_hwc
+  return (height * width * channels + num_boxes * ops.spp_output_dim(channels, levels)) * itemsize
+
+
+def pooling_bandwidth(rows: Sequence[dict], peaks: hardware.Peaks,
+                      levels: Sequence[int] = ops.DEFAULT_LEVELS) -> list[dict]:
+  """Achieved bytes/s of the library's timed ``roi_spp`` and ``spp`` rows under the minimal-bytes
+  model (maps read once, output written once) and its fraction of the peak bandwidth."""
+  out = []
+  for row in rows:
+    if row["ms"] is None or not row["impl"].startswith(("roi_spp (", "spp (")):
+      continue
+    dims = tuple(int(d) for d in row["shape"].split("x"))
+    itemsize = jnp.dtype(row["dtype"]).itemsize
+    if row["op"] == "roi_spp":
+      moved = roi_spp_min_bytes(dims, int(row["boxes"].split()[0]), levels, itemsize)
+    else:
+      batch, height, width, channels = dims
+      moved = batch * roi_spp_min_bytes((height, width, channels), 1, levels, itemsize)
+    achieved = moved / (row["ms"] * 1e-3)
+    out.append({"op": row["op"], "dtype": row["dtype"], "shape": row["shape"], "boxes": row["boxes"], "ms": row["ms"],
+                "min_mb": moved / 1e6, "gb_per_s": achieved / 1e9,
+                "bandwidth_fraction": hardware.utilisation(achieved, peaks.bytes_per_s), "of": peaks.bytes_label})
+  return out
 
 
 def input_pipeline_benchmark(n: int = 64) -> dict:
@@ -99,32 +177,98 @@ def detection_benchmark(quick: bool) -> dict:
                                rcnn_batch=64, rcnn_max_windows=None if on_gpu else 32)
 
 
-def run_suite(out_dir: str, quick: bool = False) -> str:
-  """Runs every section, writes ``bench_<device>_<date>.{json,md}`` into ``out_dir``; returns the Markdown."""
+def _number(value, digits: int) -> str:
+  return "" if value is None else f"{value:.{digits}f}"
+
+
+def format_train_table(rows: Sequence[dict], peaks: hardware.Peaks) -> str:
+  """Markdown table of the training-step rows and the FLOP convention."""
+  utilisation = "fraction of measured matmul peak" if peaks.measured else "MFU (of spec peak)"
+  lines = ["| model | dtype | input | batch | framework | ms / step | images/s | compile s | GFLOP / step | "
+           f"TFLOP/s | {utilisation} | JAX / torch | note |",
+           "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['dtype']} | {r['input']} | {r['batch']} | {r['framework']} | "
+                 f"{_number(r.get('step_ms'), 1)} | {_number(r.get('images_per_s'), 1)} | "
+                 f"{_number(r.get('compile_s'), 1)} | {_number(r.get('gflop_per_step'), 1)} | "
+                 f"{_number(r.get('tflops_per_s'), 4)} | {_number(r.get('mfu'), 3)} | "
+                 f"{_number(r.get('jax_over_torch'), 2)} | {r.get('note', '')} |")
+  labels = "; ".join(f"{dtype} rows: fraction {label}" for dtype, label in peaks.flops_label.items())
+  lines += ["", "FLOPs per step: conv and fc multiply-adds x 2 for the forward pass, x 3 for forward + backward "
+            "(``bench.hardware``); ReLU, LRN, pooling, loss and update not counted. "
+            f"{utilisation}: achieved FLOP/s over the peak of the row's dtype ({labels}). JAX / torch: JAX "
+            "images/s over the torch peer's, same model, dtype, input and batch (above 1: JAX faster). "
+            "compile s: JAX's ahead-of-time compile; torch's first step."]
+  return "\n".join(lines)
+
+
+def format_bandwidth_table(rows: Sequence[dict]) -> str:
+  """Markdown table of the pooling ops' achieved bandwidth under the minimal-bytes model."""
+  header = f"fraction {rows[0]['of']}" if rows else "fraction of bandwidth"
+  lines = [f"| op | dtype | input | boxes | ms | minimal MB | GB/s | {header} |",
+           "|---|---|---|---|---:|---:|---:|---:|"]
+  lines += [f"| {r['op']} | {r['dtype']} | {r['shape']} | {r['boxes']} | {r['ms']:.2f} | {r['min_mb']:.2f} | "
+            f"{r['gb_per_s']:.2f} | {_number(r['bandwidth_fraction'], 4)} |" for r in rows]
+  if rows:
+    lines += ["", "Minimal bytes: the conv map(s) read once and the pooled output written once. The GB/s column "
+              "of the table above counts roi_spp's own algorithm's bytes instead."]
+  return "\n".join(lines)
+
+
+def format_peaks(peaks: hardware.Peaks) -> str:
+  flops = ", ".join(f"{dtype} {value / 1e12:.3f} TFLOP/s" for dtype, value in peaks.flops_per_s.items())
+  return f"Peaks ({peaks.source}; device {peaks.device}): {flops}; {peaks.bytes_per_s / 1e9:.1f} GB/s."
+
+
+def skipped_entries(on_gpu: bool, peaks: hardware.Peaks, torch_compile: bool) -> list[str]:
+  """What this run could not measure, with the reason."""
+  skipped = []
+  has_torchvision = importlib.util.find_spec("torchvision") is not None
+  if not on_gpu or not has_torchvision:
+    reasons = ([] if on_gpu else ["need a CUDA device"]) + \
+        ([] if has_torchvision else ["torchvision is not installed in this environment (not a dependency)"])
+    skipped.append("torchvision.ops.roi_pool rows: " + "; ".join(reasons))
+  if peaks.measured:
+    skipped.append(f"MFU and bandwidth against spec-sheet peaks: need a GPU in hardware.SPEC_SHEETS (this device: "
+                   f"{peaks.device}); the fractions here are of peaks measured in this run")
+  if _torch_peer() is None:
+    skipped.append("PyTorch training-step peer: torch not installed")
+  elif not torch_compile:
+    skipped.append("torch.compile for the torch peer: off in this run, the peer runs eager (the default in quick "
+                   "mode; compiling ZF-5 took about a minute per shape on a 2-core CPU; --torch_compile turns it on)")
+  return skipped
+
+
+def run_suite(out_dir: str, quick: bool = False, torch_compile: bool | None = None) -> str:
+  """Runs every section, writes ``bench_<device>_<date>.{json,md}`` into ``out_dir``; returns the Markdown.
+
+  ``torch_compile``: compile the torch peer's step; None compiles except with ``quick``.
+  """
   env = pooling.environment()
   on_gpu = jax.devices()[0].platform == "gpu"
+  torch_compile = (not quick) if torch_compile is None else torch_compile
+  peaks = hardware.device_peaks()
   result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "environment": env, "skipped": []}
-  if not on_gpu:
-    result["skipped"] += ["torchvision.ops.roi_pool rows: need a GPU", "model FLOPs utilisation and memory-bandwidth "
-                          "fractions: need a GPU's peak figures", "PyTorch training-step peer: not implemented yet"]
+                  "environment": env, "peaks": dataclasses.asdict(peaks),
+                  "skipped": skipped_entries(on_gpu, peaks, torch_compile)}
   result["pooling"] = pooling.run_pooling_benchmark(num_boxes=(64, 2000) if not quick else (64,),
                                                     dtypes=("float32", "bfloat16") if not quick else ("float32",))
-  result["train_step"] = train_step_benchmark(quick)
+  result["pooling_bandwidth"] = pooling_bandwidth(result["pooling"], peaks)
+  result["train_step"] = train_step_benchmark(quick, peaks, torch_compile)
   result["input_pipeline"] = input_pipeline_benchmark(16 if quick else 64)
   result["detection"] = detection_benchmark(quick)
 
   from sppnet_jax.detection import timing
-  lines = [f"# sppnet bench — {result['date']}", "", "```", json.dumps(env, indent=2), "```", "",
-           "## 1. Pooling", "", pooling.format_table(result["pooling"]), "",
-           "## 2. Training step (forward + backward + SGD update)", "",
-           "| model | dtype | input | batch | ms / step | images/s | compile s |", "|---|---|---|---|---:|---:|---:|"]
-  lines += [f"| {r['model']} | {r['dtype']} | {r['input']} | {r['batch']} | {r['step_ms']:.1f} | "
-            f"{r['images_per_s']:.1f} | {r['compile_s']:.1f} |" for r in result["train_step"]]
   ip = result["input_pipeline"]
-  lines += ["", "## 3. Detection (per image)", "", timing.format_table(result["detection"]), "",
-            "## 4. Input pipeline", "",
-            f"JPEG decode + crop/flip/PCA/normalise at 224: {ip['images_per_s_per_core']:.0f} images/s on one core.", ""]
+  lines = [f"# sppnet bench — {result['date']}", "", "```", json.dumps(env, indent=2), "```", "",
+           format_peaks(peaks), "",
+           "## 1. Pooling", "", pooling.format_table(result["pooling"]), "",
+           "### Achieved bandwidth (minimal bytes)", "", format_bandwidth_table(result["pooling_bandwidth"]), "",
+           "## 2. Training step (forward + backward + SGD update), JAX and the PyTorch peer", "",
+           format_train_table(result["train_step"], peaks), "",
+           "## 3. Detection (per image)", "", timing.format_table(result["detection"]), "",
+           "## 4. Input pipeline", "",
+           f"JPEG decode + crop/flip/PCA/normalise at 224: {ip['images_per_s_per_core']:.0f} images/s on one core.", ""]
   if result["skipped"]:
     lines += ["## Skipped", ""] + [f"- {s}" for s in result["skipped"]] + [""]
   text = "\n".join(lines)
