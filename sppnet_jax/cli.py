@@ -50,12 +50,9 @@ def _train(args):
 
 def _evaluate(args):
   from sppnet_jax import evaluate, train
-  from sppnet_jax.data import sources
   config, model, params, mean = train.load_run(_require("workdir"))
   views = FLAGS.views or list(config.eval.views)
-  d = config.data
-  source = sources.get_source(d.name, d.eval_split, data_dir=d.get("data_dir"), num_examples=d.get("num_eval"),
-                              seed=d.seed)
+  source = train.config_source(config.data, "eval")
   results = {v: evaluate.evaluate_params(model, params, source, view=v, config=config, mean=mean) for v in views}
   print(json.dumps(results, indent=2))
 

@@ -32,7 +32,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sppnet_jax import evaluate, models
-from sppnet_jax.data import pipeline, sources
+from sppnet_jax.data import augment, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter
 
 Array = jax.Array
@@ -130,6 +130,9 @@ def learning_rate(config: ml_collections.ConfigDict, epoch: int, plateau_drops: 
   if t.lr_schedule == "steps":
     drops = sum(epoch >= e for e in t.lr_drop_epochs)
   elif t.lr_schedule == "plateau":
+    if t.get("eval_every_epochs", 1) != 1:
+      raise ValueError("train.lr_schedule='plateau' watches the validation error after every epoch; "
+                       f"set train.eval_every_epochs=1 (got {t.eval_every_epochs}).")
     drops = plateau_drops
   else:
     raise ValueError(f"train.lr_schedule must be 'steps' or 'plateau'; got {t.lr_schedule!r}.")
@@ -210,11 +213,19 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: 
   return restored["state"], restored["progress"]
 
 
-def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) -> np.ndarray:
-  """The mean image at the crop size, estimated once and kept in the workdir."""
+def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) -> np.ndarray | str:
+  """The input normalisation of ``config.data.normalize``: the mean image at the crop size
+  ('mean_image', estimated once and kept in the workdir) or ``augment.PER_IMAGE``."""
+  kind = config.data.get("normalize", "mean_image")
+  if kind == "per_image":
+    return augment.PER_IMAGE
+  if kind != "mean_image":
+    raise ValueError(f"data.normalize must be 'mean_image' (the paper) or 'per_image'; got {kind!r}.")
   path = workdir / "mean.npy"
   if path.exists():
     return np.load(path)
+  if source is None:
+    raise FileNotFoundError(f"{path} is missing: the run's mean image is needed to normalise its inputs.")
   mean = pipeline.estimate_mean_image(source, n=config.data.mean_samples, crop_size=config.data.crop_size,
                                       short_side=config.data.short_side)
   np.save(path, mean.astype(np.float32))
@@ -245,15 +256,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return _run(config, pathlib.Path(workdir), preemption)
 
 
+def config_source(data: ml_collections.ConfigDict, which: str):
+  """The ``which`` ('train' or 'eval') split of the dataset named by a config's ``data`` fields."""
+  sides = data.get("synthetic_short_side")
+  return sources.get_source(data.name, data[f"{which}_split"], data_dir=data.get("data_dir"),
+                            num_examples=data.get(f"num_{which}"), seed=data.seed,
+                            synthetic_short_side=tuple(sides) if sides else None)
+
+
 def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   _write_config(config, workdir)
   t, d = config.train, config.data
 
-  train_source = sources.get_source(d.name, d.train_split, data_dir=d.get("data_dir"), num_examples=d.get("num_train"),
-                                    seed=d.seed)
-  eval_source = sources.get_source(d.name, d.eval_split, data_dir=d.get("data_dir"), num_examples=d.get("num_eval"),
-                                   seed=d.seed)
+  train_source = config_source(d, "train")
+  eval_source = config_source(d, "eval")
   num_classes = sources.num_classes(d.name)
   model = build_model(config, num_classes)
   tx = make_optimizer(config)
@@ -323,9 +340,10 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
           logging.warning("SIGTERM: saved step %d to %s and stopped.", progress["global_step"], workdir)
           return {"preempted": True, "global_step": progress["global_step"]}
 
-      val = evaluate.evaluate_params(model, state.params, eval_source, view="crop", config=config, mean=mean)
-      writer.write(progress["global_step"], {f"val/{k}": v for k, v in val.items()} | {"epoch": epoch + 1})
-      _update_plateau(config, progress, val["top1_error"])
+      if (epoch + 1) % t.get("eval_every_epochs", 1) == 0 or epoch + 1 == len(sizes):
+        val = evaluate.evaluate_params(model, state.params, eval_source, view="crop", config=config, mean=mean)
+        writer.write(progress["global_step"], {f"val/{k}": v for k, v in val.items()} | {"epoch": epoch + 1})
+        _update_plateau(config, progress, val["top1_error"])
       progress.update(epoch=epoch + 1, step=0)
       save_checkpoint(manager, state, progress)
       if preemption.requested:
@@ -370,5 +388,5 @@ def load_run(workdir: str | os.PathLike):
   tx = make_optimizer(config)
   state = jax.eval_shape(lambda: init_state(model, tx, d.crop_size, 0))
   state, _ = restore_checkpoint(manager, state)
-  return config, model, state.params, np.load(workdir / "mean.npy")
+  return config, model, state.params, load_mean(config, None, workdir)
 

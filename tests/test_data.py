@@ -185,6 +185,22 @@ def test_mean_resizing_and_normalisation():
     augment.mean_for_size(np.zeros((4, 4)), 2, 2)
 
 
+def test_per_image_standardisation():
+  # Channel 0 holds 0, 10, 20, 30 (mean 15, std sqrt(125)); channel 1 is 100, 100, 100, 104
+  # (std sqrt(3) < 8: floored at 8); channel 2 is flat.
+  image = np.zeros((2, 2, 3), np.uint8)
+  image[..., 0] = [[0, 10], [20, 30]]
+  image[..., 1] = [[100, 100], [100, 104]]
+  image[..., 2] = 77
+  out = augment.normalize(image, augment.PER_IMAGE)
+  np.testing.assert_allclose(out[..., 0], (np.array([[0, 10], [20, 30]]) - 15.0) / np.sqrt(125.0), rtol=1e-6)
+  np.testing.assert_allclose(out[..., 1], np.array([[-1.0, -1.0], [-1.0, 3.0]]) / 8.0, rtol=1e-6)
+  np.testing.assert_array_equal(out[..., 2], 0.0)
+  assert augment.mean_for_size(augment.PER_IMAGE, 90, 90) == augment.PER_IMAGE
+  with pytest.raises(ValueError, match="per_image"):
+    augment.normalize(image, "per-image")
+
+
 # --- pipelines -------------------------------------------------------------------------------
 
 def test_train_batches_are_deterministic_resumable_and_static():

@@ -142,14 +142,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 def test_eight_devices_give_the_same_loss_as_one(tmp_path):
+  # Also the paper's mean-image normalisation (the synthetic configs standardise per image).
   config_file = write_config_file(tmp_path / "tiny.py", "single", epochs=1, ckpt=1000)
   losses = {}
   for devices in (1, 8):
     workdir = tmp_path / f"devices{devices}"
     env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    proc = run_cli(["train", f"--config={config_file}", f"--workdir={workdir}"], env=env)
+    proc = run_cli(["train", f"--config={config_file}", f"--workdir={workdir}", "--config.data.normalize=mean_image"],
+                   env=env)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
+    assert (workdir / "mean.npy").exists()
     losses[devices] = [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
   np.testing.assert_allclose(losses[8], losses[1], rtol=2e-4)
 
@@ -159,4 +162,11 @@ def test_changed_config_in_an_existing_workdir_is_refused(tmp_path):
   train.train_and_evaluate(config, tmp_path)
   config.model.fc_width = 64
   with pytest.raises(ValueError, match="model config differs"):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_unknown_input_normalisation_is_refused(tmp_path):
+  config = tiny_config("single", epochs=1)
+  config.data.normalize = "zscore"
+  with pytest.raises(ValueError, match="data.normalize must be 'mean_image'"):
     train.train_and_evaluate(config, tmp_path)

@@ -228,7 +228,8 @@ class Subset:
 
 
 def get_source(name: str, split: str, *, data_dir: str | None = None,
-               num_examples: int | None = None, seed: int = 0) -> Sequence[dict[str, Any]]:
+               num_examples: int | None = None, seed: int = 0,
+               synthetic_short_side: tuple[int, int] | None = None) -> Sequence[dict[str, Any]]:
   """A random-access source of ``{'image': uint8 (H, W, 3), 'label': int}`` examples.
 
   Args:
@@ -241,6 +242,8 @@ def get_source(name: str, split: str, *, data_dir: str | None = None,
     num_examples: synthetic length (default :data:`SYNTHETIC_SIZES`), or a cap
       on the length of the other sources (the first ``num_examples``).
     seed: synthetic data seed (ignored by the other sources).
+    synthetic_short_side: (min, max) short side of the synthetic images in pixels
+      (None: the generator's default, 160-320); ignored by the other sources.
   """
   if not isinstance(name, str) or not name:
     raise ValueError(f'dataset name must be a non-empty string, got {name!r}')
@@ -249,7 +252,10 @@ def get_source(name: str, split: str, *, data_dir: str | None = None,
     if n is None:
       raise ValueError(f'unknown synthetic split {split!r}: use one of {sorted(SYNTHETIC_SIZES)} '
                        'or pass num_examples')
-    return SyntheticClassification(split, n, seed=seed)
+    if synthetic_short_side is None:
+      return SyntheticClassification(split, n, seed=seed)
+    low, high = synthetic_short_side
+    return SyntheticClassification(split, n, seed=seed, min_side=low, max_side=high)
   if name.startswith(_FOLDER_PREFIX):
     root = Path(name[len(_FOLDER_PREFIX):]).expanduser()
     if (root / split).is_dir():

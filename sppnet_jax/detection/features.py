@@ -57,7 +57,8 @@ class FeatureSettings:
     size_multiple: resized images are zero-padded so each side is a multiple of this.
     window_batch: windows pooled (and sent through fc6/fc7) per compiled call.
     levels: pyramid levels.
-    mean: per-channel mean (3,) or a scalar subtracted before dividing by ``norm_scale``.
+    mean: per-channel mean (3,) or a scalar subtracted before dividing by ``norm_scale``, or
+      ``augment.PER_IMAGE`` (each resized image standardised by its own statistics).
     norm_scale: the input divisor of the trunk (``augment.NORM_SCALE``).
   """
   scales: tuple[int, ...] = PAPER_SCALES_1
@@ -66,7 +67,7 @@ class FeatureSettings:
   size_multiple: int = 64
   window_batch: int = 256
   levels: tuple[int, ...] = ops.DEFAULT_LEVELS
-  mean: tuple[float, ...] = (augment.DEFAULT_MEAN,) * 3
+  mean: tuple[float, ...] | str = (augment.DEFAULT_MEAN,) * 3
   norm_scale: float = augment.NORM_SCALE
 
   def __post_init__(self):
@@ -177,6 +178,11 @@ def bucket_hw(hw: Sequence[int], multiple: int) -> tuple[int, int]:
   return tuple(int(-(-int(x) // multiple) * multiple) for x in hw)
 
 
+def input_mean(settings: FeatureSettings) -> np.ndarray | str:
+  """``settings.mean`` in the form ``augment.normalize`` takes."""
+  return settings.mean if isinstance(settings.mean, str) else np.asarray(settings.mean, np.float32)
+
+
 def prepare_image(image: np.ndarray, scale: int, settings: FeatureSettings) -> tuple[np.ndarray, tuple[int, int]]:
   """The image resized to short side ``scale``, normalised and zero-padded to its bucket.
 
@@ -184,7 +190,7 @@ def prepare_image(image: np.ndarray, scale: int, settings: FeatureSettings) -> t
   """
   resized = augment.resize_short_side(image, int(scale))
   h, w = resized.shape[:2]
-  x = augment.normalize(resized, np.asarray(settings.mean, np.float32), settings.norm_scale)
+  x = augment.normalize(resized, input_mean(settings), settings.norm_scale)
   hb, wb = bucket_hw((h, w), settings.size_multiple)
   out = np.zeros((hb, wb, 3), np.float32)
   out[:h, :w] = x

@@ -163,9 +163,10 @@ def load_trunk(config: ml_collections.ConfigDict) -> Trunk:
     if tuple(model.levels) != common["levels"]:
       raise ValueError(f"config.features.levels {common['levels']} differ from the trunk's pyramid "
                        f"{tuple(model.levels)}: fc6 expects the trunk's; set features.levels to match.")
-    mean = np.asarray(mean, np.float32)
-    channel_mean = tuple(float(x) for x in (mean.reshape(-1, 3).mean(0) if mean.size >= 3 else [float(mean)] * 3))
-    settings = feats.FeatureSettings(mean=channel_mean, **common)
+    if not isinstance(mean, str):  # a mean image: its per-channel mean applies to any window
+      mean = np.asarray(mean, np.float32)
+      mean = tuple(float(x) for x in (mean.reshape(-1, 3).mean(0) if mean.size >= 3 else [float(mean)] * 3))
+    settings = feats.FeatureSettings(mean=mean, **common)
     digest = hashlib.sha1(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(params["trunk"]))).hexdigest()
     return Trunk(model, params, settings, f"trained trunk from {config.trunk.workdir} ({run_config.model.name})",
                  digest[:12])
@@ -183,7 +184,7 @@ def load_trunk(config: ml_collections.ConfigDict) -> Trunk:
 def cache_key(config: ml_collections.ConfigDict, trunk: Trunk) -> str:
   """Hash of everything the cached window features depend on."""
   parts = {"trunk": trunk.key, "features": config.features.to_dict(), "proposals": config.proposals.to_dict(),
-           "dataset": config.dataset, "seed": config.seed, "mean": list(trunk.settings.mean)}
+           "dataset": config.dataset, "seed": config.seed, "mean": trunk.settings.mean}
   return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
