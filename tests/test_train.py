@@ -83,6 +83,16 @@ def test_size_schedules():
     train.size_schedule(c)
 
 
+def test_learning_rate_schedules():
+  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 10
+  assert [train.learning_rate(c, e, 0) for e in (0, 9, 10, 11)] == pytest.approx([3e-4, 3e-4, 3e-5, 3e-5])
+  c.train.lr_schedule = "plateau"
+  with pytest.raises(ValueError, match="eval_every_epochs=1"):
+    train.learning_rate(c, 0, 0)  # the synthetic configs validate every 3 epochs
+  c.train.eval_every_epochs = 1
+  assert train.learning_rate(c, 5, 2) == pytest.approx(3e-6)
+
+
 def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path):
   config_file = write_config_file(tmp_path / "tiny.py", "multi", epochs=3, ckpt=1)
   reference = tmp_path / "reference"
