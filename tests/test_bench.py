@@ -175,3 +175,13 @@ def test_train_table_names_its_denominator_and_shows_skipped_peer_rows():
   assert "fraction of measured matmul peak" in table and "MFU (of spec peak)" not in table
   assert "skipped: torch not installed" in table
   assert rows[0]["mfu"] == pytest.approx(rows[0]["tflops_per_s"] * 1e12 / 1e11)
+
+
+def test_proposals_benchmark_counts_every_gt_box():
+  from sppnet_jax.detection.data import get_detection_source
+  rows = suite.proposals_benchmark(2, max_sides=(250,))
+  gt = sum(len(get_detection_source("synthetic", "test", num_examples=2)[i]["boxes"]) for i in range(2))
+  (row,) = rows
+  assert row["gt_boxes"] == gt and row["boxes_per_image"] > 0 and row["seconds_per_image"] > 0
+  assert 0.0 <= row["recall_0.7"] <= row["recall_0.5"] <= 1.0
+  assert "copy with long side 250" in suite.format_proposals_table(rows)

@@ -162,6 +162,39 @@ def input_pipeline_benchmark(n: int = 64) -> dict:
   return {"images_per_s_per_core": n / seconds, "images": n, "source_short_side": "300-500"}
 
 
+def proposals_benchmark(num_images: int, max_sides: Sequence[int | None] = (None, 250)) -> list[dict]:
+  """Selective search (fast mode) on the built-in detection test scenes: boxes and seconds per
+  image (mean over the images, one run each) and recall of all GT boxes at IoU 0.5 and 0.7, at
+  full resolution and on downscaled copies (``max_side``, as the slim detection config)."""
+  from sppnet_jax.detection import proposals
+  from sppnet_jax.detection.data import get_detection_source
+  source = get_detection_source("synthetic", "test", num_examples=num_images, seed=0)
+  examples = [source[i] for i in range(num_images)]
+  rows = []
+  for max_side in max_sides:
+    boxes, seconds = [], []
+    for example in examples:
+      start = time.perf_counter()
+      boxes.append(proposals.selective_search(example["image"], max_side=max_side))
+      seconds.append(time.perf_counter() - start)
+    gt = [e["boxes"] for e in examples]
+    rows.append({"max_side": max_side, "images": num_images, "image_hw": [list(e["image"].shape[:2]) for e in examples],
+                 "boxes_per_image": float(np.mean([len(b) for b in boxes])), "seconds_per_image": float(np.mean(seconds)),
+                 "gt_boxes": int(sum(len(g) for g in gt)), "recall_0.5": proposals.recall(boxes, gt, 0.5),
+                 "recall_0.7": proposals.recall(boxes, gt, 0.7)})
+  return rows
+
+
+def format_proposals_table(rows: Sequence[dict]) -> str:
+  lines = ["| search on | images | GT boxes | boxes / image | s / image | recall IoU 0.5 | recall IoU 0.7 |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    where = "full image" if r["max_side"] is None else f"copy with long side {r['max_side']}"
+    lines.append(f"| {where} | {r['images']} | {r['gt_boxes']} | {r['boxes_per_image']:.0f} | "
+                 f"{r['seconds_per_image']:.2f} | {r['recall_0.5']:.3f} | {r['recall_0.7']:.3f} |")
+  return "\n".join(lines)
+
+
 def detection_benchmark(quick: bool) -> dict:
   from sppnet_jax.detection import features, proposals, timing
   from sppnet_jax.detection.data import get_detection_source
@@ -257,6 +290,7 @@ def run_suite(out_dir: str, quick: bool = False, torch_compile: bool | None = No
   result["train_step"] = train_step_benchmark(quick, peaks, torch_compile)
   result["input_pipeline"] = input_pipeline_benchmark(16 if quick else 64)
   result["detection"] = detection_benchmark(quick)
+  result["proposals"] = proposals_benchmark(4 if quick else 20)
 
   from sppnet_jax.detection import timing
   ip = result["input_pipeline"]
@@ -267,6 +301,7 @@ def run_suite(out_dir: str, quick: bool = False, torch_compile: bool | None = No
            "## 2. Training step (forward + backward + SGD update), JAX and the PyTorch peer", "",
            format_train_table(result["train_step"], peaks), "",
            "## 3. Detection (per image)", "", timing.format_table(result["detection"]), "",
+           "### Selective search on the built-in detection scenes", "", format_proposals_table(result["proposals"]), "",
            "## 4. Input pipeline", "",
            f"JPEG decode + crop/flip/PCA/normalise at 224: {ip['images_per_s_per_core']:.0f} images/s on one core.", ""]
   if result["skipped"]:
