@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from sppnet_jax import models, ops, train
-from sppnet_jax.bench import hardware, suite
+from sppnet_jax.bench import hardware, pooling, suite
 
 torch = pytest.importorskip("torch")
 from sppnet_jax.bench import torch_peer  # noqa: E402
@@ -150,11 +150,12 @@ def test_measured_peaks_are_labelled_as_measured():
 def test_pooling_bandwidth_uses_minimal_bytes():
   peaks = hardware.Peaks("cpu", "measured", {"float32": 1e11}, {"float32": "x"}, 1e10, "of measured bandwidth")
   rows = [{"op": "roi_spp", "impl": "roi_spp (jit, sparse table)", "dtype": "float32", "shape": "43x57x256",
-           "boxes": "64 small", "ms": 2.0},
+           "boxes": "64 small", "ms": 2.0, "min_bytes": pooling.minimal_bytes(43 * 57 * 256, 64, 256, (6, 3, 2, 1), 4)},
           {"op": "roi_spp", "impl": "torch crop + adaptive_max_pool2d loop", "dtype": "float32",
-           "shape": "43x57x256", "boxes": "64 small", "ms": 1.0},
+           "shape": "43x57x256", "boxes": "64 small", "ms": 1.0, "min_bytes": None},
           {"op": "spp", "impl": "spp (jit, static slices)", "dtype": "bfloat16", "shape": "32x13x13x256",
-           "boxes": "whole map", "ms": 1.0}]
+           "boxes": "whole map", "ms": 1.0,
+           "min_bytes": pooling.minimal_bytes(32 * 13 * 13 * 256, 32, 256, (6, 3, 2, 1), 2)}]
   out = suite.pooling_bandwidth(rows, peaks)
   assert [r["op"] for r in out] == ["roi_spp", "spp"]
   roi_bytes = (43 * 57 * 256 + 64 * 50 * 256) * 4

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sppnet_jax import models, ops
+from sppnet_jax import models
 from sppnet_jax.bench import hardware, pooling
 
 
@@ -112,30 +112,17 @@ def train_step_benchmark(quick: bool, peaks: hardware.Peaks, torch_compile: bool
   return rows
 
 
-def roi_spp_min_bytes(map_hwc: tuple[int, int, int], num_boxes: int, levels: Sequence[int], itemsize: int) -> int:
-  """The least any ROI SPP must move: the conv map read once and the pooled output written once."""
-  height, width, channels = map_hwc
-  return (height * width * channels + num_boxes * ops.spp_output_dim(channels, levels)) * itemsize
-
-
-def pooling_bandwidth(rows: Sequence[dict], peaks: hardware.Peaks,
-                      levels: Sequence[int] = ops.DEFAULT_LEVELS) -> list[dict]:
+def pooling_bandwidth(rows: Sequence[dict], peaks: hardware.Peaks) -> list[dict]:
   """Achieved bytes/s of the library's timed ``roi_spp`` and ``spp`` rows under the minimal-bytes
-  model (maps read once, output written once) and its fraction of the peak bandwidth."""
+  model (``pooling.minimal_bytes``: maps read once, output written once) and its fraction of the
+  peak bandwidth."""
   out = []
   for row in rows:
-    if row["ms"] is None or not row["impl"].startswith(("roi_spp (", "spp (")):
+    if row["ms"] is None or row.get("min_bytes") is None:
       continue
-    dims = tuple(int(d) for d in row["shape"].split("x"))
-    itemsize = jnp.dtype(row["dtype"]).itemsize
-    if row["op"] == "roi_spp":
-      moved = roi_spp_min_bytes(dims, int(row["boxes"].split()[0]), levels, itemsize)
-    else:
-      batch, height, width, channels = dims
-      moved = batch * roi_spp_min_bytes((height, width, channels), 1, levels, itemsize)
-    achieved = moved / (row["ms"] * 1e-3)
+    achieved = row["min_bytes"] / (row["ms"] * 1e-3)
     out.append({"op": row["op"], "dtype": row["dtype"], "shape": row["shape"], "boxes": row["boxes"], "ms": row["ms"],
-                "min_mb": moved / 1e6, "gb_per_s": achieved / 1e9,
+                "min_mb": row["min_bytes"] / 1e6, "gb_per_s": achieved / 1e9,
                 "bandwidth_fraction": hardware.utilisation(achieved, peaks.bytes_per_s), "of": peaks.bytes_label})
   return out
 

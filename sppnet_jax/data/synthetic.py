@@ -8,7 +8,7 @@ A scene is a textured background (smooth noise, stripes, a gradient, a
 checkerboard or soft blotches), optional small clutter (dots and short line
 segments, far smaller than any object) and one or more shape objects. Each
 object class is a shape defined in unit coordinates; an instance is that shape
-stretched (aspect ratio up to 0.6-1.6), rotated, scaled (its extent varies about 5x
+stretched (aspect ratio within 1/s..s, s = 1.6 by default), rotated, scaled (its extent varies about 5x
 within a class), moved and filled with a shaded colour that contrasts with the
 background under it.
 
