@@ -7,7 +7,11 @@ the functions here, so a field is defined once. Fields:
   model.spp        True: SPP head with model.levels; False: the no-SPP pool5 baseline
   model.width      conv width multiplier (1.0 = the paper); model.depth keeps the first N convs
   data.*           source (see sppnet_jax.data.sources), crop/short side, second size (180),
-                   normalize: mean_image (the paper) | per_image (see data.augment.PER_IMAGE)
+                   normalize: mean_image (the paper) | per_image (see data.augment.PER_IMAGE);
+                   holdout_fraction: for an image folder with no split folders, hold out this
+                   fraction of every class (seeded by data.seed, stratified) as 'validation';
+                   on_bad_image: error (an undecodable image stops the run) | skip (the next
+                   decodable example stands in, counted; see data.sources.SkipBadImages)
   train.mode       single | multi (crop and second size alternating per epoch) | random
   train.*          SGD with momentum and weight decay, lr divided by 10 at lr_drop_epochs or on plateau;
                    the crop-view validation error is logged every eval_every_epochs epochs
@@ -39,7 +43,8 @@ def base() -> ml_collections.ConfigDict:
                  initializer="paper", dtype="float32")
   c.data = dict(name="imagenet2012", data_dir=None, train_split="train", eval_split="validation", num_train=None,
                 num_eval=None, seed=0, crop_size=224, short_side=256, second_size=180,
-                positions="five", pca_std=0.1, normalize="mean_image", mean_samples=10_000)
+                positions="five", pca_std=0.1, normalize="mean_image", mean_samples=10_000,
+                holdout_fraction=None, on_bad_image="error")
   c.train = dict(mode="single", random_range=(180, 224), batch_size=128, num_epochs=70, optimizer="sgd",
                  learning_rate=0.01,
                  lr_schedule="steps", lr_drop_epochs=(40, 60), plateau_patience=3, plateau_min_delta=0.1,

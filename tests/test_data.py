@@ -353,6 +353,8 @@ def test_tfds_sources_with_mocked_data(name, num_classes):
 
 
 def test_folder_source_converts_images_and_reports_corrupt_files(tmp_path: Path):
+  root, tmp_path = tmp_path, tmp_path / 'train'  # root/train/<class>/<image>
+  tmp_path.mkdir()
   rng = np.random.default_rng(0)
   rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
   grey = rng.integers(0, 256, (30, 20), dtype=np.uint8)
@@ -371,8 +373,8 @@ def test_folder_source_converts_images_and_reports_corrupt_files(tmp_path: Path)
   Image.fromarray(rgba).save(tmp_path / 'cat' / 'rgba.png')
   Image.fromarray(deep).save(tmp_path / 'cat' / 'deep.png')
   (tmp_path / 'cat' / 'readme.md').write_text('ignored')
-  src = sources.get_source(f'folder:{tmp_path}', 'train')
-  assert sources.num_classes(f'folder:{tmp_path}') == 2
+  src = sources.get_source(f'folder:{root}', 'train')
+  assert sources.num_classes(f'folder:{root}') == 2
   assert src.class_names == ('cat', 'dog') and len(src) == 5
   by_name = {Path(src[i]['filename']).name: src[i] for i in range(len(src))}
   for ex in by_name.values():
@@ -391,7 +393,7 @@ def test_folder_source_converts_images_and_reports_corrupt_files(tmp_path: Path)
 
   bad = tmp_path / 'dog' / 'broken.jpg'
   bad.write_bytes(b'\xff\xd8\xff\xe0 this is not really a jpeg')
-  src = sources.get_source(f'folder:{tmp_path}', 'train')
+  src = sources.get_source(f'folder:{root}', 'train')
   index = [Path(f).name for f, _ in src.files].index('broken.jpg')
   with pytest.raises(sources.CorruptImageError, match='broken.jpg'):
     src[index]
