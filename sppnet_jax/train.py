@@ -32,6 +32,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sppnet_jax import evaluate, models
+from sppnet_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from sppnet_jax.data import augment, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter
 
@@ -193,24 +194,6 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-def checkpoint_manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
-
-
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, progress: dict) -> None:
-  manager.save(int(progress["global_step"]), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int | None = None):
-  step = manager.latest_step() if step is None else step
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
-  return restored["state"], restored["progress"]
 
 
 def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) -> np.ndarray | str:
