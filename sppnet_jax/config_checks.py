@@ -1,0 +1,224 @@
+"""Refusing classification configs with values that cannot be meant, before anything runs.
+
+:func:`validate_config` looks at a config's fields only (no file system, no dataset)
+and raises one ``ValueError`` naming every bad field, its value and what is allowed,
+e.g. ``train.learning_rate=0 is not allowed: a finite number > 0``. Fields a config
+does not have are not checked (older configs lack some); the names of the allowed
+choices are kept here and a test keeps them equal to the code that uses them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["MODEL_NAMES", "TRAIN_MODES", "OPTIMIZERS", "LR_SCHEDULES", "NORMALIZE", "POSITIONS", "INITIALIZERS",
+           "DTYPES", "VIEW_NAMES", "VARIANTS", "ON_BAD_IMAGE", "validate_config", "config_problems"]
+
+MODEL_NAMES = ("zf5", "convnet5", "overfeat5", "overfeat7")
+TRAIN_MODES = ("single", "multi", "random", "full")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("steps", "plateau")
+NORMALIZE = ("mean_image", "per_image")
+POSITIONS = ("five", "random")
+INITIALIZERS = ("paper", "he")
+DTYPES = ("float32", "bfloat16", "float16")
+VIEW_NAMES = ("crop", "full", "ten", "multiview")
+VARIANTS = ("nospp", "single", "multi", "random", "full")
+ON_BAD_IMAGE = ("error", "skip")
+TFDS_NAMES = ("imagenet2012", "imagenette", "caltech101")
+
+_MISSING = object()
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+  return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(float(v))
+
+
+def _is_seq(v: Any) -> bool:
+  return isinstance(v, (list, tuple))
+
+
+# Predicates: value -> True when allowed. Each comes with the words that say what is allowed.
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _int_at_least(lo: int) -> Check:
+  return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
+
+
+def _optional(check: Check) -> Check:
+  pred, words = check
+  return (lambda v: v is None or pred(v)), f"None or {words}"
+
+
+def _choice(options: Sequence[str]) -> Check:
+  return (lambda v: isinstance(v, str) and v in options), f"one of {', '.join(repr(o) for o in options)}"
+
+
+def _number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = True) -> Check:
+  def ok(v):
+    if not _is_number(v):
+      return False
+    v = float(v)
+    above = v > lo if lo_open else v >= lo
+    below = True if hi is None else (v < hi if hi_open else v <= hi)
+    return above and below
+  if hi is None:
+    words = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+  else:
+    words = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+  return ok, words
+
+
+def _range(integer: bool, positive: bool = True) -> Check:
+  """A (low, high) pair with 0 < low <= high (integers or numbers)."""
+  item = _is_int if integer else _is_number
+  return ((lambda v: _is_seq(v) and len(v) == 2 and all(item(x) for x in v) and
+           (not positive or float(v[0]) > 0) and float(v[0]) <= float(v[1])),
+          f"a pair (low, high) of {'integers' if integer else 'numbers'} with 0 < low <= high")
+
+
+def _ints(lo: int, nonempty: bool) -> Check:
+  return ((lambda v: _is_seq(v) and (len(v) > 0 or not nonempty) and all(_is_int(x) and x >= lo for x in v)),
+          f"a {'non-empty ' if nonempty else ''}sequence of integers >= {lo}")
+
+
+def _subset(options: Sequence[str], nonempty: bool = True) -> Check:
+  return ((lambda v: _is_seq(v) and (len(v) > 0 or not nonempty) and all(isinstance(x, str) and x in options
+                                                                          for x in v)),
+          f"a {'non-empty ' if nonempty else ''}sequence of {', '.join(repr(o) for o in options)}")
+
+
+def _dataset_name(v: Any) -> bool:
+  if not isinstance(v, str):
+    return False
+  if v.startswith("folder:"):
+    return bool(v[len("folder:"):].strip())
+  return v == "synthetic" or v in TFDS_NAMES
+
+
+_BOOL: Check = (lambda v: isinstance(v, (bool, np.bool_))), "True or False"
+_STRING: Check = (lambda v: isinstance(v, str) and bool(v)), "a non-empty string"
+
+FIELDS: dict[str, Check] = {
+    "model.name": _choice(MODEL_NAMES),
+    "model.spp": _BOOL,
+    "model.levels": _ints(1, nonempty=True),
+    "model.width": _number(0.0, lo_open=True),
+    "model.depth": _optional(_int_at_least(1)),
+    "model.channels": _optional(_ints(1, nonempty=True)),
+    "model.fc_width": _int_at_least(1),
+    "model.dropout": _number(0.0, 1.0),
+    "model.initializer": _choice(INITIALIZERS),
+    "model.dtype": _choice(DTYPES),
+    "data.name": (_dataset_name, f"'synthetic', one of {', '.join(repr(n) for n in TFDS_NAMES)}, or "
+                                 "'folder:/path/to/root'"),
+    "data.train_split": _STRING,
+    "data.eval_split": _STRING,
+    "data.num_train": _optional(_int_at_least(1)),
+    "data.num_eval": _optional(_int_at_least(1)),
+    "data.seed": _int_at_least(0),
+    "data.crop_size": _int_at_least(1),
+    "data.short_side": _int_at_least(1),
+    "data.second_size": _int_at_least(1),
+    "data.positions": _choice(POSITIONS),
+    "data.pca_std": _number(0.0),
+    "data.normalize": _choice(NORMALIZE),
+    "data.mean_samples": _int_at_least(1),
+    "data.train_object_size": _optional(_range(integer=False)),
+    "data.eval_object_size": _optional(_range(integer=False)),
+    "data.synthetic_short_side": _optional(_range(integer=True)),
+    "data.cache": _BOOL,
+    "data.holdout_fraction": _optional(_number(0.0, 1.0, lo_open=True)),
+    "data.on_bad_image": _choice(ON_BAD_IMAGE),
+    "train.mode": _choice(TRAIN_MODES),
+    "train.random_range": _range(integer=True),
+    "train.full_short_range": _range(integer=True),
+    "train.full_bucket": _int_at_least(1),
+    "train.batch_size": _int_at_least(1),
+    "train.num_epochs": _int_at_least(1),
+    "train.optimizer": _choice(OPTIMIZERS),
+    "train.learning_rate": _number(0.0, lo_open=True),
+    "train.lr_schedule": _choice(LR_SCHEDULES),
+    "train.lr_drop_epochs": _ints(0, nonempty=False),
+    "train.plateau_patience": _int_at_least(1),
+    "train.plateau_min_delta": _number(0.0),
+    "train.max_lr_drops": _int_at_least(0),
+    "train.momentum": _number(0.0, 1.0),
+    "train.weight_decay": _number(0.0),
+    "train.seed": _int_at_least(0),
+    "train.log_every_steps": _int_at_least(1),
+    "train.eval_every_epochs": _int_at_least(1),
+    "train.checkpoint_every_steps": _int_at_least(1),
+    "train.keep_checkpoints": _int_at_least(1),
+    "train.progress_bar": _BOOL,
+    "eval.views": _subset(VIEW_NAMES),
+    "eval.batch_size": _int_at_least(1),
+    "eval.bucket": _int_at_least(1),
+    "eval.multiview_scales": _ints(1, nonempty=True),
+    "eval.sweep_sizes": _ints(1, nonempty=False),
+    "eval.sweep_views": _subset(VIEW_NAMES),
+    "eval.sweep_examples": _int_at_least(1),
+    "variant": _choice(VARIANTS),
+}
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+  node = config
+  for key in dotted.split("."):
+    try:
+      node = node[key]
+    except (KeyError, TypeError, AttributeError):
+      return _MISSING
+  return node
+
+
+def _show(value: Any) -> str:
+  return repr(tuple(value)) if isinstance(value, list) else repr(value)
+
+
+def config_problems(config: Any) -> list[str]:
+  """Every problem :func:`validate_config` would report, one sentence each ([] when none)."""
+  problems = []
+  for field, (ok, allowed) in FIELDS.items():
+    value = _lookup(config, field)
+    if value is _MISSING:
+      continue
+    try:
+      good = bool(ok(value))
+    except (TypeError, ValueError, OverflowError):
+      good = False
+    if not good:
+      problems.append(f"{field}={_show(value)} is not allowed: {allowed}")
+  get = lambda f: _lookup(config, f)
+  crop, short = get("data.crop_size"), get("data.short_side")
+  if _is_int(crop) and _is_int(short) and short < crop:
+    problems.append(f"data.short_side={short} is not allowed: at least data.crop_size={crop} (crops are cut from "
+                    "the image resized to that short side)")
+  if get("train.lr_schedule") == "plateau" and _is_int(get("train.eval_every_epochs")) and \
+      get("train.eval_every_epochs") != 1:
+    problems.append(f"train.eval_every_epochs={get('train.eval_every_epochs')} is not allowed with "
+                    "train.lr_schedule='plateau': 1 (the plateau schedule watches the validation error every epoch)")
+  if get("train.mode") == "full" and get("model.spp") is False:
+    problems.append("train.mode='full' is not allowed with model.spp=False: whole images of varying sizes need "
+                    "an SPP network (model.spp=True), or use train.mode='single'")
+  return problems
+
+
+def validate_config(config: Any) -> None:
+  """Raises ``ValueError`` naming every field of ``config`` whose value cannot be meant.
+
+  Pure: looks at the fields only (a ``ConfigDict`` or nested dicts), reads no file
+  and loads no data.
+  """
+  problems = config_problems(config)
+  if problems:
+    raise ValueError(("invalid config: " if len(problems) == 1 else f"invalid config ({len(problems)} problems): ")
+                     + "; ".join(problems) + ".")
