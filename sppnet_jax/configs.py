@@ -44,7 +44,7 @@ def base() -> ml_collections.ConfigDict:
   c.data = dict(name="imagenet2012", data_dir=None, train_split="train", eval_split="validation", num_train=None,
                 num_eval=None, seed=0, crop_size=224, short_side=256, second_size=180,
                 positions="five", pca_std=0.1, normalize="mean_image", mean_samples=10_000,
-                holdout_fraction=None, on_bad_image="error")
+                holdout_fraction=ml_collections.FieldReference(None, field_type=float), on_bad_image="error")
   c.train = dict(mode="single", random_range=(180, 224), batch_size=128, num_epochs=70, optimizer="sgd",
                  learning_rate=0.01,
                  lr_schedule="steps", lr_drop_epochs=(40, 60), plateau_patience=3, plateau_min_delta=0.1,
