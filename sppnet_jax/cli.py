@@ -1,19 +1,28 @@
 """The ``sppnet`` command: thin wrappers over the library's functions.
 
-  sppnet train    --config experiments/X.py --workdir DIR [--config.field=value ...]
-  sppnet evaluate --workdir DIR --views crop,full,ten,multiview
-  sppnet report   DIR [DIR ...] --out report.md
-  sppnet summary  --model zf5 --size 224 [--nospp]
-  sppnet ablation --workdir DIR    (the scale ablation on the built-in data; prints the table)
-  sppnet detect   --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
-  sppnet detect   --workdir DIR --image PATH [--out detections.png]
-  sppnet bench    [--out DIR] [--quick] [--[no]torch_compile]
+  sppnet train      --config experiments/X.py --workdir DIR [--config.field=value ...] [--extend]
+  sppnet evaluate   --workdir DIR --views crop,full,ten,multiview
+  sppnet report     DIR [DIR ...] --out report.md
+  sppnet summary    --model zf5 --size 224 [--nospp]
+  sppnet ablation   --workdir DIR    (the scale ablation on the built-in data; prints the table)
+  sppnet detect     --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
+  sppnet detect     --workdir DIR --image PATH [--out detections.png] [--top_k 10] [--score_threshold S]
+  sppnet bench      [--out DIR] [--quick] [--[no]torch_compile]
+  sppnet check-data --config experiments/X.py [--split train|eval|both] [--workers N]
+
+`sppnet COMMAND --help` lists a command's flags. Errors in what was asked for (a bad value, a
+missing file, an undecodable image, a non-finite loss) print one line, `sppnet COMMAND: error:
+...`, and exit with status 2; `--traceback` (or SPPNET_TRACEBACK=1) shows the full traceback.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import sys
+import traceback
+from typing import Callable, NamedTuple, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,8 +30,12 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (config, checkpoints, metrics).")
-flags.DEFINE_list("views", None, "Test views for evaluate: crop, full, ten, multiview.")
-flags.DEFINE_string("out", None, "Output path (report) or directory (bench).")
+flags.DEFINE_bool("extend", False, "train: let a run in --workdir continue under a longer schedule "
+                  "(train.num_epochs, train.lr_drop_epochs, train.max_lr_drops may grow).")
+flags.DEFINE_list("views", None, "Test views for evaluate: crop, full, ten, multiview (default: the run's "
+                  "eval.views).")
+flags.DEFINE_string("out", None, "Output path (report: report.md; detect --image: detections.png) or directory "
+                    "(bench: benchmarks/results).")
 flags.DEFINE_string("model", "zf5", "Network for summary: zf5, convnet5, overfeat5, overfeat7.")
 flags.DEFINE_integer("size", 224, "Input size for summary.")
 flags.DEFINE_bool("nospp", False, "summary: the no-SPP baseline head.")
@@ -30,8 +43,20 @@ flags.DEFINE_bool("quick", False, "bench: smaller problem sizes.")
 flags.DEFINE_bool("torch_compile", None, "bench: torch.compile the PyTorch peer's training step (default: on, "
                   "off with --quick).")
 flags.DEFINE_string("image", None, "detect: an image file to run a trained detection workdir on.")
+flags.DEFINE_integer("top_k", 10, "detect --image: draw the k best-scoring detections.", lower_bound=0)
+flags.DEFINE_float("score_threshold", None, "detect --image: draw only detections scoring above this "
+                   "(default: none, the top_k best are drawn whatever their score).")
+flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "check-data: which split of the config's dataset "
+                  "to scan.")
+flags.DEFINE_integer("workers", None, "check-data: threads decoding in parallel (default: the number of CPUs).",
+                     lower_bound=1)
+flags.DEFINE_bool("traceback", False, "Show the full traceback of an error instead of one line (also "
+                  "SPPNET_TRACEBACK=1).")
 
-COMMANDS = ("train", "evaluate", "report", "summary", "ablation", "detect", "bench")
+# Errors raised on purpose, for something wrong in what was asked: printed as one line, exit status 2.
+# (CorruptImageError and CorruptCheckpointError are ValueErrors; train.NonFiniteError is a FloatingPointError.)
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, app.UsageError, flags.Error)
+ERROR_STATUS = 2
 
 
 def _require(name: str) -> str:
@@ -41,14 +66,22 @@ def _require(name: str) -> str:
   return value
 
 
-def _train(args):
-  from sppnet_jax import train
+def _config(example: str):
   if FLAGS.config is None:
-    raise app.UsageError("--config is required, e.g. --config experiments/synthetic/scale_single.py")
-  print(json.dumps(train.train_and_evaluate(FLAGS.config, _require("workdir")), indent=2))
+    raise app.UsageError(f"--config is required, e.g. --config {example}")
+  return FLAGS.config
 
 
-def _evaluate(args):
+def _train(args) -> None:
+  from sppnet_jax import config_checks, train
+  config = _config("experiments/synthetic/scale_single.py")
+  workdir = _require("workdir")
+  config_checks.validate_config(config)  # before anything is written
+  kwargs = {"extend": True} if FLAGS.extend else {}
+  print(json.dumps(train.train_and_evaluate(config, workdir, **kwargs), indent=2))
+
+
+def _evaluate(args) -> None:
   from sppnet_jax import evaluate, train
   config, model, params, mean = train.load_run(_require("workdir"))
   views = FLAGS.views or list(config.eval.views)
@@ -57,51 +90,190 @@ def _evaluate(args):
   print(json.dumps(results, indent=2))
 
 
-def _report(args):
+def _report(args) -> None:
   from sppnet_jax import report
   if not args:
     raise app.UsageError("give one or more run directories: sppnet report DIR [DIR ...] --out report.md")
   print(report.write_report(args, FLAGS.out or "report.md"))
 
 
-def _summary(args):
+def _summary(args) -> None:
   from sppnet_jax import models
   print(models.summary(models.create_model(FLAGS.model, spp=not FLAGS.nospp), FLAGS.size))
 
 
-def _ablation(args):
+def _ablation(args) -> None:
   from sppnet_jax import ablation
   print(ablation.run_scale_ablation(FLAGS.workdir or "runs/scale_ablation"))
 
 
-def _detect(args):
+def _detect(args) -> None:
   from sppnet_jax.detection import pipeline
   workdir = _require("workdir")
   if FLAGS.image is not None:
     out = FLAGS.out or "detections.png"
-    result = pipeline.detect_image(workdir, FLAGS.image, out)
-    print(f"{len(result['scores'])} detections; drawn into {out}")
+    result = pipeline.detect_image(workdir, FLAGS.image, out, score_threshold=FLAGS.score_threshold,
+                                   top_k=FLAGS.top_k)
+    print(result["summary"])
     return
   if FLAGS.config is None:
     raise app.UsageError("give --config experiments/detection/X.py to train, or --image PATH to detect.")
   print(json.dumps(pipeline.train_and_evaluate_detection(FLAGS.config, workdir), indent=2, default=str))
 
 
-def _bench(args):
+def _bench(args) -> None:
   from sppnet_jax.bench import suite
   print(suite.run_suite(FLAGS.out or "benchmarks/results", quick=FLAGS.quick, torch_compile=FLAGS.torch_compile))
 
 
-def main(argv=None):
+def _check_data(args) -> int:
+  from sppnet_jax import config_checks
+  from sppnet_jax.data import check
+  config = _config("experiments/synthetic/scale_single.py")
+  config_checks.validate_config(config)
+  results = check.check_data(config, FLAGS.split, workers=FLAGS.workers)
+  print(check.format_checks(results))
+  return 1 if any(r.bad for r in results) else 0
+
+
+class Command(NamedTuple):
+  handler: Callable[[list[str]], int | None]
+  usage: str
+  about: str
+  flags: tuple[str, ...]
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(_train, "sppnet train --config experiments/X.py --workdir DIR [--config.FIELD=VALUE ...] "
+                     "[--extend]", "Trains (or resumes) a classification run in DIR, then evaluates it.",
+                     ("config", "workdir", "extend")),
+    "evaluate": Command(_evaluate, "sppnet evaluate --workdir DIR [--views crop,full,ten,multiview]",
+                        "Evaluates the latest checkpoint of a training run under the given test views.",
+                        ("workdir", "views")),
+    "report": Command(_report, "sppnet report DIR [DIR ...] [--out report.md]",
+                      "Writes a report (tables beside the paper's numbers, training curves) of runs.", ("out",)),
+    "summary": Command(_summary, "sppnet summary [--model zf5] [--size 224] [--nospp]",
+                       "Prints a network's layers with their output shapes and parameter counts.",
+                       ("model", "size", "nospp")),
+    "ablation": Command(_ablation, "sppnet ablation [--workdir runs/scale_ablation]",
+                        "Runs the scale ablation on the built-in data and prints its table.", ("workdir",)),
+    "detect": Command(_detect, "sppnet detect --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR\n"
+                      "       sppnet detect --workdir DIR --image PATH [--out detections.png] [--top_k 10] "
+                      "[--score_threshold S]",
+                      "Trains and evaluates the detection system in DIR, or runs a trained one on one image.",
+                      ("config", "workdir", "image", "out", "top_k", "score_threshold")),
+    "bench": Command(_bench, "sppnet bench [--out DIR] [--quick] [--[no]torch_compile]",
+                     "Runs the benchmark suite and writes its results.", ("out", "quick", "torch_compile")),
+    "check-data": Command(_check_data, "sppnet check-data --config experiments/X.py [--split train|eval|both] "
+                          "[--workers N]",
+                          "Decodes every example of a config's dataset in parallel and lists those that fail "
+                          "(exit status 1 when any does).", ("config", "split", "workers")),
+}
+
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def command_help(name: str) -> str:
+  """The usage line, description and flags of one command."""
+  command = COMMANDS[name]
+  lines = [f"usage: {command.usage}", "", command.about, "", "flags:"]
+  for flag in (*command.flags, "traceback"):
+    f = FLAGS[flag]
+    shown = str(f.default).lower() if isinstance(f.default, bool) else f.default
+    default = "" if f.default is None or flag == "config" else f" (default: {shown})"
+    lines.append(f"  --{flag}: {f.help}{default}")
+  if "config" in command.flags:
+    lines.append("  --config.FIELD=VALUE: override one field of the config, e.g. --config.train.num_epochs=4")
+  return "\n".join(lines)
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+  """The file part of ``--config=PATH[:ARGS]`` (or ``--config PATH``) in ``argv``."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    return value.split(":", 1)[0]
+  return None
+
+
+def _override_hint(error: AttributeError, argv: Sequence[str]) -> str | None:
+  """ml_collections' "did you mean" for a misspelt ``--config.FIELD`` as plain text, or None."""
+  text = str(error)
+  for _ in range(3):  # the message comes quoted (and escaped) once or twice
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      break
+    if not isinstance(value, str):
+      break
+    text = value
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if not lines:
+    return None
+  key = lines[0].strip("'\"")
+  names = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  flag = next((n for n in names if key in n[len("--config."):].split(".")), None)
+  if flag is None:
+    return None
+  hint = " ".join(lines[1:])
+  return f"{flag}: the config has no field {key!r}." + (f" {hint}" if hint else "")
+
+
+def _show_traceback(argv: Sequence[str]) -> bool:
+  if os.environ.get("SPPNET_TRACEBACK", "") not in ("", "0"):
+    return True
+  return any(a in ("--traceback", "--traceback=true", "--traceback=True", "--traceback=1") for a in argv)
+
+
+def _fail(command: str, message: str) -> None:
+  message = " ".join(str(message).split()) or "(no message)"
+  print(f"sppnet {command}: error: {message}", file=sys.stderr)
+  sys.exit(ERROR_STATUS)
+
+
+def _parse(command: str, argv: list[str]) -> list[str]:
+  """Parses the flags (``argv[0]`` is the program); returns the positional arguments."""
+  path = _config_path(argv[1:])
+  if path is not None and not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  try:
+    return FLAGS(argv)[1:]
+  except AttributeError as e:  # ml_collections: a --config.FIELD override naming no field
+    hint = _override_hint(e, argv)
+    if hint is None:
+      raise
+    raise app.UsageError(hint) from e
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
+  if len(argv) < 2 or argv[1] in HELP_ARGS:
     print(__doc__)
-    sys.exit(2 if len(argv) >= 2 and argv[1] not in ("-h", "--help") else 0)
+    sys.exit(0)
   command = argv.pop(1)
-  handler = {"train": _train, "evaluate": _evaluate, "report": _report, "summary": _summary,
-             "ablation": _ablation, "detect": _detect, "bench": _bench}[command]
-  logging.set_verbosity(logging.WARNING)
-  app.run(lambda args: handler(args[1:]), argv=argv)
+  if command not in COMMANDS:
+    print(f"sppnet: error: unknown command {command!r}; one of {', '.join(COMMANDS)} (sppnet --help lists them).",
+          file=sys.stderr)
+    sys.exit(ERROR_STATUS)
+  if any(a in HELP_ARGS for a in argv[1:]):
+    print(command_help(command))
+    sys.exit(0)
+  show_traceback = _show_traceback(argv)
+  try:
+    args = _parse(command, argv)
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.WARNING)
+    status = COMMANDS[command].handler(args)
+  except EXPECTED_ERRORS as e:
+    if show_traceback:
+      traceback.print_exc()
+      sys.exit(ERROR_STATUS)
+    _fail(command, str(e))
+  sys.exit(status or 0)
 
 
 if __name__ == "__main__":

@@ -219,3 +219,20 @@ def test_source_from_config_reads_the_data_fields(tmp_path):
   assert isinstance(train, sources.SkipBadImages) and len(train) == 4 and len(val) == 6
   assert sorted(_class_of(ex) for ex in val) == ['ant'] * 3 + ['bee'] * 3
   assert sorted(_class_of(ex) for ex in train) == ['ant', 'ant', 'bee', 'bee']
+
+
+def test_training_batches_skip_bad_images_and_keep_their_shape(tmp_path):
+  from sppnet_jax.data import pipeline
+  for cls in ('ant', 'bee'):
+    _images(tmp_path / 'train', cls, 4)
+  (tmp_path / 'train' / 'bee' / 'bee02.png').write_bytes(b'\x89PNG\r\n\x1a\n cut short')
+  name = f'folder:{tmp_path}'
+  kw = dict(batch_size=4, seed=0, epoch=0, crop_size=4, short_side=6, pca_std=0.0)
+  with pytest.raises(sources.CorruptImageError, match='bee02.png'):
+    list(pipeline.train_batches(sources.get_source(name, 'train'), **kw))
+  src = sources.get_source(name, 'train', on_bad_image='skip')
+  batches = list(pipeline.train_batches(src, **kw))
+  assert [b['image'].shape for b in batches] == [(4, 4, 4, 3)] * 2
+  labels = np.concatenate([b['label'] for b in batches])
+  assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]  # bee02 (index 6) replaced by bee03 (index 7)
+  assert src.num_skipped() == 1 and src.bad_indices() == (6,)

@@ -33,6 +33,7 @@ Every stage is skipped on rerun if its output exists and the config is unchanged
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -470,6 +471,9 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   new = json.loads(config.to_json_best_effort(sort_keys=True))
   if path.exists():
     old = json.loads(path.read_text())
+    old_trunk = (old.get("trunk") or {}).get("workdir")
+    if old_trunk and not os.path.isabs(old_trunk):  # written before trunk paths were stored resolved
+      old["trunk"]["workdir"] = str(pathlib.Path(old_trunk).expanduser().resolve())
     if old != new:
       changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
       stale = [workdir / n for n in ("head.npz", "svms.npz", "bbox.npz", "metrics.json")]
@@ -480,10 +484,27 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   path.write_text(json.dumps(new, indent=2, sort_keys=True))
 
 
+def _with_resolved_trunk(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with ``trunk.workdir`` made absolute (a copy when it changes), so the detection workdir's
+  config.json names its trunk wherever it is used from; a trunk workdir that is not there is an error."""
+  if not config.trunk.workdir:
+    return config
+  resolved = pathlib.Path(config.trunk.workdir).expanduser().resolve()
+  if not (resolved / "config.json").is_file():
+    raise FileNotFoundError(f"trunk workdir not found: {config.trunk.workdir} (config.trunk.workdir, resolved to "
+                            f"{resolved}, has no config.json); train it first with 'sppnet train'.")
+  if str(resolved) == config.trunk.workdir:
+    return config
+  config = copy.deepcopy(config)
+  config.trunk.workdir = str(resolved)
+  return config
+
+
 def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                                  log: Callable[[str], None] = print) -> dict:
   """Runs the whole detection system (see the module docstring); returns the metrics dict."""
   workdir = pathlib.Path(workdir)
+  config = _with_resolved_trunk(config)
   workdir.mkdir(parents=True, exist_ok=True)
   _write_config(config, workdir)
   t0 = time.time()
@@ -609,25 +630,40 @@ def load_system(workdir: str | os.PathLike):
   return config, trunk, head, svms, regressor, det_data.class_names(config.dataset)
 
 
-def detect_image(workdir: str | os.PathLike, image_path: str | os.PathLike, out_png: str | os.PathLike,
-                 score_threshold: float = 0.0, proposals: np.ndarray | None = None, max_draw: int = 30) -> dict:
-  """Detects objects in one image file with a trained workdir and draws them into ``out_png``.
+def select_drawn(scores: np.ndarray, top_k: int | None = 10,
+                 score_threshold: float | None = None) -> tuple[np.ndarray, str]:
+  """Which detections to draw, best first, and a sentence saying how many and why not more.
 
-  Boxes with SVM score above ``score_threshold`` are drawn (at most ``max_draw``, best first).
-  Returns the detections (``boxes``, ``scores``, ``labels`` 1..K, ``names``).
+  The ``top_k`` best scores (``None``: no cap) among those above ``score_threshold``
+  (``None``: no threshold); ties keep the detection order.
   """
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  if top_k is not None and top_k < 0:
+    raise ValueError(f"top_k must be >= 0 or None; got {top_k}")
+  order = np.argsort(-scores, kind="stable")
+  above = order if score_threshold is None else order[scores[order] > score_threshold]
+  shown = above if top_k is None else above[:top_k]
+  n = len(scores)
+  if n == 0:
+    return shown, "no detections (no proposal window scored), so nothing was drawn"
+  limits = []
+  if score_threshold is not None and len(above) < n:
+    limits.append(f"{len(above)} score above score_threshold={score_threshold:g}")
+  if top_k is not None and len(above) > top_k:
+    limits.append(f"top_k={top_k}")
+  why = f" ({'; '.join(limits)})" if limits else ""
+  if len(shown):
+    why += f", scores {scores[shown[0]]:.3g} to {scores[shown[-1]]:.3g}"
+  return shown, f"{n} detections; drew {len(shown)}{why}"
+
+
+def draw_detections(image: np.ndarray, det: dict, names: Sequence[str], shown: Sequence[int],
+                    out_png: str | os.PathLike) -> None:
+  """Draws the boxes ``shown`` of ``det`` on ``image``, each labelled with its class and score, into ``out_png``."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from sppnet_jax.data import sources
-  config, trunk, head, svms, regressor, names = load_system(workdir)
-  image = det_data.check_image(sources.decode_image_file(image_path), os.fspath(image_path))
-  props = image_proposals(image, config, proposals)
-  wf = feats.window_features(trunk.model, trunk.params, image, props, trunk.settings, with_fc7=False)
-  det = detect(wf.pool5, props, image.shape[:2], head, svms, regressor, config, trunk.settings.window_batch)
-  order = np.argsort(-det["scores"], kind="stable")
-  shown = [i for i in order if det["scores"][i] > score_threshold][:max_draw]
   fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100), dpi=100)
   ax.imshow(image)
   ax.set_axis_off()
@@ -641,8 +677,31 @@ def detect_image(workdir: str | os.PathLike, image_path: str | os.PathLike, out_
   fig.subplots_adjust(0, 0, 1, 1)
   fig.savefig(out_png)
   plt.close(fig)
-  return {**det, "names": [names[k - 1] for k in det["labels"]]}
 
 
-__all__ = ["detection_config", "train_and_evaluate_detection", "detect_image", "detect", "evaluate",
-           "finetune_head", "window_labels", "load_trunk", "cache_split", "load_system", "Trunk"]
+def detect_image(workdir: str | os.PathLike, image_path: str | os.PathLike, out_png: str | os.PathLike,
+                 score_threshold: float | None = None, proposals: np.ndarray | None = None,
+                 top_k: int | None = 10) -> dict:
+  """Detects objects in one image file with a trained workdir and draws them into ``out_png``.
+
+  The ``top_k`` best-scoring detections (above ``score_threshold`` when one is given)
+  are drawn with their class and SVM score (:func:`select_drawn`). Returns the
+  detections (``boxes``, ``scores``, ``labels`` 1..K, ``names``), ``drawn`` (their
+  indices, best first) and ``summary`` (how many were drawn, why not more, and where).
+  """
+  from sppnet_jax.data import sources
+  if not os.path.isfile(image_path):
+    raise FileNotFoundError(f"file not found: {os.fspath(image_path)}")
+  config, trunk, head, svms, regressor, names = load_system(workdir)
+  image = det_data.check_image(sources.decode_image_file(image_path), os.fspath(image_path))
+  props = image_proposals(image, config, proposals)
+  wf = feats.window_features(trunk.model, trunk.params, image, props, trunk.settings, with_fc7=False)
+  det = detect(wf.pool5, props, image.shape[:2], head, svms, regressor, config, trunk.settings.window_batch)
+  shown, summary = select_drawn(det["scores"], top_k, score_threshold)
+  draw_detections(image, det, names, shown, out_png)
+  return {**det, "names": [names[k - 1] for k in det["labels"]], "drawn": shown,
+          "summary": f"{summary}; drawn into {os.fspath(out_png)}"}
+
+
+__all__ = ["detection_config", "train_and_evaluate_detection", "detect_image", "select_drawn", "draw_detections",
+           "detect", "evaluate", "finetune_head", "window_labels", "load_trunk", "cache_split", "load_system", "Trunk"]

@@ -1,0 +1,215 @@
+"""The sppnet command line: one-line errors, per-command help, check-data, and detect's drawing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sppnet_jax.data import check, sources
+from sppnet_jax.detection import pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC = str(REPO / "experiments" / "synthetic" / "scale_single.py")
+
+
+def sppnet(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+  full_env = {k: v for k, v in os.environ.items() if k != "SPPNET_TRACEBACK"}
+  full_env.update({"JAX_PLATFORMS": "cpu", **(env or {})})
+  return subprocess.run([sys.executable, "-m", "sppnet_jax.cli", *args], cwd=cwd, env=full_env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, command: str) -> str:
+  assert proc.returncode == 2, (proc.stdout, proc.stderr)
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert lines[0].startswith(f"sppnet {command}: error: "), lines[0]
+  return lines[0]
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def test_a_misspelt_override_shows_the_did_you_mean_hint(tmp_path):
+  proc = sppnet("train", f"--config={SYNTHETIC}", "--config.train.learning_rat=0.1", f"--workdir={tmp_path / 'w'}")
+  line = _one_error_line(proc, "train")
+  assert "--config.train.learning_rat" in line and 'Did you mean "learning_rate"' in line
+  assert "\\n" not in line and not (tmp_path / "w").exists()
+
+
+def test_a_bad_value_is_one_line_and_creates_no_workdir(tmp_path):
+  proc = sppnet("train", f"--config={SYNTHETIC}", "--config.train.learning_rate=0", f"--workdir={tmp_path / 'w'}")
+  line = _one_error_line(proc, "train")
+  assert "train.learning_rate=0.0 is not allowed" in line
+  assert not (tmp_path / "w").exists()
+
+
+def test_traceback_on_request(tmp_path):
+  args = ("train", f"--config={SYNTHETIC}", "--config.train.batch_size=0", f"--workdir={tmp_path / 'w'}")
+  for proc in (sppnet(*args, "--traceback"), sppnet(*args, env={"SPPNET_TRACEBACK": "1"})):
+    assert proc.returncode == 2
+    assert "Traceback (most recent call last)" in proc.stderr and "train.batch_size=0" in proc.stderr
+
+
+def test_a_missing_config_file_and_unknown_flags(tmp_path):
+  line = _one_error_line(sppnet("train", f"--config={tmp_path / 'nope.py'}", "--workdir=w"), "train")
+  assert line.endswith(f"config file not found: {tmp_path / 'nope.py'}")
+  assert "bogus" in _one_error_line(sppnet("summary", "--bogus"), "summary")
+  assert "--workdir is required" in _one_error_line(sppnet("evaluate"), "evaluate")
+  assert "is not a training workdir" in _one_error_line(sppnet("evaluate", f"--workdir={tmp_path}"), "evaluate")
+  proc = sppnet("frobnicate")
+  assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr
+
+
+@pytest.mark.parametrize("command,flags", [("train", ["--config", "--workdir", "--extend"]),
+                                           ("detect", ["--image", "--top_k", "--score_threshold", "--out"]),
+                                           ("check-data", ["--config", "--split", "--workers"]),
+                                           ("summary", ["--model", "--size", "--nospp"])])
+def test_each_command_has_its_own_help(command, flags):
+  proc = sppnet(command, "--help")
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith(f"usage: sppnet {command}")
+  for flag in flags + ["--traceback"]:
+    assert f"  {flag}: " in proc.stdout
+  assert "--quick" not in proc.stdout or command == "bench"
+  top = sppnet("--help")
+  assert top.returncode == 0 and "sppnet check-data" in top.stdout
+
+
+# --- check-data -----------------------------------------------------------------------------------
+
+def _folder(root: Path) -> None:
+  for split, n in (("train", 3), ("validation", 2)):
+    for cls, colour in (("ant", 40), ("bee", 200)):
+      (root / split / cls).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(np.full((20, 24, 3), colour, np.uint8)).save(root / split / cls / f"{cls}{i}.png")
+
+
+def _config_file(tmp_path: Path, data_root: Path) -> Path:
+  path = tmp_path / "folder_config.py"
+  path.write_text("from sppnet_jax import configs\n\n\ndef get_config():\n  c = configs.synthetic('single')\n"
+                  f"  c.data.name = 'folder:{data_root}'\n  c.data.num_train = None\n  c.data.num_eval = None\n"
+                  "  c.data.cache = False\n  return c\n")
+  return path
+
+
+def test_check_data_lists_every_undecodable_example(tmp_path):
+  _folder(tmp_path / "data")
+  (tmp_path / "data" / "train" / "bee" / "bee1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+  (tmp_path / "data" / "validation" / "ant" / "ant0.png").write_bytes(b"")
+  config = _config_file(tmp_path, tmp_path / "data")
+  proc = sppnet("check-data", f"--config={config}", "--workers=2")
+  assert proc.returncode == 1, proc.stderr
+  out = proc.stdout
+  assert "train split 'train': 6 examples, 1 undecodable" in out
+  assert "eval split 'validation': 4 examples, 1 undecodable" in out
+  assert f"[4] {tmp_path / 'data' / 'train' / 'bee' / 'bee1.png'}: CorruptImageError" in out
+  assert f"[0] {tmp_path / 'data' / 'validation' / 'ant' / 'ant0.png'}: CorruptImageError" in out
+  assert "2 undecodable example(s)" in out
+  only_eval = sppnet("check-data", f"--config={config}", "--split=eval")
+  assert "train split" not in only_eval.stdout and "eval split" in only_eval.stdout
+  (tmp_path / "data" / "train" / "bee" / "bee1.png").unlink()
+  (tmp_path / "data" / "validation" / "ant" / "ant0.png").unlink()
+  clean = sppnet("check-data", f"--config={config}")
+  assert clean.returncode == 0 and "all examples decode." in clean.stdout
+
+
+def test_check_source_runs_in_parallel_and_names_files():
+  class Slow:
+    """Reading takes 50 ms; examples 3 and 7 fail."""
+
+    def __len__(self):
+      return 12
+
+    def filename(self, i):
+      return f"img{i}.jpg"
+
+    def __getitem__(self, i):
+      time.sleep(0.05)
+      if i in (3, 7):
+        raise sources.CorruptImageError(f"cannot decode image file 'img{i}.jpg'")
+      return {"image": np.zeros((1, 1, 3), np.uint8), "label": 0}
+
+  calls = []
+  bad, seconds = check.check_source(Slow(), workers=6, block=5, progress=lambda d, n: calls.append((d, n)))
+  assert [(b.index, b.filename) for b in bad] == [(3, "img3.jpg"), (7, "img7.jpg")]
+  assert bad[0].error.startswith("CorruptImageError: cannot decode")
+  assert calls == [(5, 12), (10, 12), (12, 12)]
+  assert seconds < 12 * 0.05 * 0.7  # 12 serial reads would take 0.6 s
+
+
+def test_check_data_refuses_an_unknown_split():
+  with pytest.raises(ValueError, match="--split must be one of"):
+    check.check_data(None, "test")
+
+
+# --- detect ---------------------------------------------------------------------------------------
+
+def test_select_drawn_hand_computed():
+  scores = np.array([0.2, -1.0, 3.0, 0.7, 0.7, -0.5])
+  shown, why = pipeline.select_drawn(scores, top_k=3)
+  assert list(shown) == [2, 3, 4] and why == "6 detections; drew 3 (top_k=3), scores 3 to 0.7"
+  shown, why = pipeline.select_drawn(scores, top_k=10, score_threshold=0.5)
+  assert list(shown) == [2, 3, 4] and why == "6 detections; drew 3 (3 score above score_threshold=0.5), scores 3 to 0.7"
+  shown, why = pipeline.select_drawn(scores, top_k=2, score_threshold=0.0)
+  assert list(shown) == [2, 3]
+  assert why == "6 detections; drew 2 (4 score above score_threshold=0; top_k=2), scores 3 to 0.7"
+  shown, why = pipeline.select_drawn(scores, top_k=10, score_threshold=5.0)
+  assert list(shown) == [] and why == "6 detections; drew 0 (0 score above score_threshold=5)"
+  shown, why = pipeline.select_drawn(np.zeros(0), top_k=10)
+  assert list(shown) == [] and "no detections" in why
+  assert list(pipeline.select_drawn(scores, top_k=None)[0]) == [2, 3, 4, 0, 5, 1]
+
+
+def test_draw_detections_draws_boxes_with_labels(tmp_path):
+  image = np.full((100, 160, 3), 255, np.uint8)
+  det = {"boxes": np.array([[20.0, 30.0, 80.0, 90.0], [100.0, 10.0, 150.0, 60.0]]), "scores": np.array([2.5, 0.1]),
+         "labels": np.array([1, 2])}
+  pipeline.draw_detections(image, det, ["circle", "square"], [0], tmp_path / "one.png")
+  pipeline.draw_detections(image, det, ["circle", "square"], [], tmp_path / "none.png")
+  one = np.asarray(Image.open(tmp_path / "one.png").convert("RGB")).astype(int)
+  none = np.asarray(Image.open(tmp_path / "none.png").convert("RGB")).astype(int)
+  assert one.shape == none.shape == (100, 160, 3)
+  assert np.abs(none - 255).max() <= 2  # nothing drawn on the blank image
+  changed = np.abs(one - none).sum(-1) > 60
+  assert changed[30:90, 19:22].mean() > 0.8  # the first box's left edge
+  assert not changed[15:55, 105:145].any()  # the second box was not drawn
+  assert changed[18:29, 20:60].mean() > 0.3  # the label above the box
+
+
+def test_detect_a_missing_image_says_file_not_found(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"^file not found: {tmp_path / 'no.jpg'}$"):
+    pipeline.detect_image(tmp_path, tmp_path / "no.jpg", tmp_path / "out.png")
+  line = _one_error_line(sppnet("detect", f"--workdir={tmp_path}", "--image=no.jpg"), "detect")
+  assert line == "sppnet detect: error: file not found: no.jpg"
+
+
+def test_the_trunk_path_is_stored_resolved(tmp_path, monkeypatch):
+  trunk = tmp_path / "runs" / "trunk"
+  trunk.mkdir(parents=True)
+  (trunk / "config.json").write_text("{}")
+  monkeypatch.chdir(tmp_path / "runs")
+  config = pipeline.detection_config("synthetic", trunk_workdir="trunk")
+  resolved = pipeline._with_resolved_trunk(config)
+  assert resolved.trunk.workdir == str(trunk) and config.trunk.workdir == "trunk"
+  # A workdir written with the relative path does not count as a changed config.
+  workdir = tmp_path / "det"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort(sort_keys=True))))
+  (workdir / "head.npz").write_bytes(b"kept")
+  pipeline._write_config(resolved, workdir)
+  assert (workdir / "head.npz").exists()
+  assert json.loads((workdir / "config.json").read_text())["trunk"]["workdir"] == str(trunk)
+  # A trunk that is not there stops before the detection workdir is made.
+  missing = pipeline.detection_config("synthetic", trunk_workdir="gone")
+  with pytest.raises(FileNotFoundError, match="trunk workdir not found: gone"):
+    pipeline.train_and_evaluate_detection(missing, tmp_path / "det2", log=lambda s: None)
+  assert not (tmp_path / "det2").exists()
