@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sppnet_jax.ops import bin_edges, check_levels, padded_spp, roi_spp, sliding_window_spp, spp, spp_output_dim
+from sppnet_jax.ops.pooling import level_sources
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -333,6 +334,68 @@ def test_roi_spp_gradient_matches_torch_without_ties(rng):
         total = total + (row * torch.from_numpy(cot[b, r])).sum()
   total.backward()
   np.testing.assert_allclose(np.asarray(grad), t.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_coarser_levels_are_unions_of_finer_bins_when_they_divide():
+  """The rule roi_spp derives coarser levels by: for n | m, bin i of n is exactly the union of
+  bins i*q .. i*q + q - 1 of m (q = m / n), for every length, including lengths below n."""
+  for length in range(1, 120):
+    for m in (2, 3, 4, 6, 8, 12):
+      fine = bin_edges(length, m)
+      for n in (k for k in range(1, m) if m % k == 0):
+        q = m // n
+        for i, (s, e) in enumerate(bin_edges(length, n)):
+          group = fine[i * q:(i + 1) * q]
+          assert (group[0][0], group[-1][1]) == (s, e)
+          assert all(b[0] <= a[1] for a, b in zip(group, group[1:]))  # no gap between neighbours
+  assert level_sources((6, 3, 2, 1)) == {1: 2, 2: 6, 3: 6, 6: None}
+  assert level_sources((7, 5, 4, 2)) == {2: 4, 4: None, 5: None, 7: None}
+
+
+@pytest.mark.parametrize("levels", [PAPER_LEVELS, (8, 4, 2, 1), (5, 4, 7), (4, 3, 2, 1)])
+@pytest.mark.parametrize("side", [(1, 3), (1, 8), (1, 30), (10, 30)])
+def test_roi_spp_every_table_depth_against_torch(rng, levels, side):
+  """Box sizes that need each table depth (small boxes skip the table), on a map larger than the
+  boxes, for nested and non-nested level sets."""
+  height, width = 29, 33
+  features = rng.standard_normal((2, height, width, 3)).astype(np.float32)
+  size = rng.integers(side[0], side[1] + 1, (2, 40, 2))
+  corner = rng.integers(0, 4, (2, 40, 2)) + rng.integers(-2, 30, (2, 40, 2))
+  boxes = np.concatenate([corner, corner + size - 1], -1).astype(np.int32)
+  valid = rng.random((2, 40)) < 0.9
+  got = np.asarray(roi_spp_jit(features, boxes, valid, levels=levels))
+  np.testing.assert_array_equal(got, torch_roi_spp(features, boxes, valid, levels))
+
+
+def test_roi_spp_padding_rows_do_not_change_the_result(rng):
+  """Invalid rows holding whole-map boxes do not push small valid boxes onto the deep table,
+  and the result is the same as with the padding rows removed."""
+  features = rng.standard_normal((1, 20, 24, 5)).astype(np.float32)
+  corner = rng.integers(0, 17, (1, 30, 2))
+  boxes = np.concatenate([corner, corner + rng.integers(0, 3, (1, 30, 2))], -1).astype(np.int32)
+  padded = np.concatenate([boxes, np.tile([[[0, 0, 23, 19]]], (1, 10, 1))], 1).astype(np.int32)
+  valid = np.concatenate([np.ones((1, 30), bool), np.zeros((1, 10), bool)], 1)
+  got = np.asarray(roi_spp_jit(features, padded, valid, levels=PAPER_LEVELS))
+  np.testing.assert_array_equal(got[:, :30], np.asarray(roi_spp_jit(features, boxes, valid[:, :30],
+                                                                    levels=PAPER_LEVELS)))
+  np.testing.assert_array_equal(got[:, :30], torch_roi_spp(features, boxes, valid[:, :30], PAPER_LEVELS))
+  np.testing.assert_array_equal(got[:, 30:], 0.0)
+
+
+def test_roi_spp_in_chunks_against_torch(rng, monkeypatch):
+  """Enough boxes that roi_spp pools them in chunks, with a box count that is not a multiple of
+  the chunk (the last chunk is shifted back and recomputes a few boxes)."""
+  from sppnet_jax.ops import pooling
+  monkeypatch.setattr(pooling, "SINGLE_PASS_BYTES", 0)
+  monkeypatch.setattr(pooling, "CHUNK_BYTES", 7 * spp_output_dim(4, PAPER_LEVELS) * 4)  # 7 boxes a chunk
+  features = rng.standard_normal((2, 15, 18, 4)).astype(np.float32)
+  corner = rng.integers(-1, 16, (2, 51, 2))
+  boxes = np.concatenate([corner, corner + rng.integers(0, 15, (2, 51, 2))], -1).astype(np.int32)
+  valid = rng.random((2, 51)) < 0.9
+  got = np.asarray(jax.jit(roi_spp, static_argnames="levels")(features, boxes, valid, levels=PAPER_LEVELS))
+  np.testing.assert_array_equal(got, torch_roi_spp(features, boxes, valid, PAPER_LEVELS))
+  empty = roi_spp(features, np.zeros((2, 0, 4), np.int32), np.zeros((2, 0), bool), PAPER_LEVELS)
+  assert empty.shape == (2, 0, spp_output_dim(4, PAPER_LEVELS))
 
 
 # ----------------------------------------------------------------------------------------
