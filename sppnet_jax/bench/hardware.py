@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from sppnet_jax import models, ops
-from sppnet_jax.bench import pooling
+from sppnet_jax.timing import median_ms
 
 
 # ----------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def measure_matmul_flops(dtype: str, n: int, repeats: int = 5) -> float:
   keys = jax.random.split(jax.random.key(0))
   a, b = (jax.random.normal(k, (n, n), jnp.float32).astype(dtype) for k in keys)
   matmul = jax.jit(jnp.matmul)
-  ms, _ = pooling.median_ms(lambda: matmul(a, b), repeats, jax.block_until_ready)
+  ms, _ = median_ms(lambda: matmul(a, b), repeats, jax.block_until_ready)
   return 2 * n**3 / (ms * 1e-3)
 
 
@@ -154,7 +154,7 @@ def measure_stream_bandwidth(num_bytes: int, repeats: int = 5) -> float:
     holder["x"] = step(holder["x"])
     return holder["x"]
 
-  ms, _ = pooling.median_ms(run, repeats, jax.block_until_ready)
+  ms, _ = median_ms(run, repeats, jax.block_until_ready)
   return 2 * holder["x"].nbytes / (ms * 1e-3)
 
 

@@ -1,5 +1,5 @@
-"""Timing of ``roi_spp`` and ``spp`` against a per-box torch loop, a naive masked-max JAX
-version and, on a GPU, ``torchvision.ops.roi_pool``.
+"""Timing of ``roi_spp`` and ``spp`` against a per-box torch loop and a naive masked-max JAX
+version (``torchvision.ops.roi_pool`` is in ``bench.torchvision_peer``).
 
 Default sizes: the 43x57x256 conv5 map of a VOC image at scale 688, with 64 and 2,000
 boxes that are either small (1-6 cells a side) or large (60-100 % of the map side), and
@@ -14,87 +14,23 @@ imports and this benchmark runs (with those rows skipped) without it.
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
-import statistics
 import time
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sppnet_jax.ops import check_levels, roi_spp, spp, spp_output_dim
+from sppnet_jax.ops.pooling import _table_depth, level_sources
+from sppnet_jax.timing import environment, median_ms
 
 # Largest (boxes x bins x H x W x C) intermediate one chunk of the naive version may create.
 NAIVE_CHUNK_BYTES = 256 * 2**20
 
 
 # ----------------------------------------------------------------------------------------
-# Environment
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def environment() -> dict[str, Any]:
-  """Device and library versions of this run."""
-  import flax
-  import jaxlib
-
-  device = jax.devices()[0]
-  env = {
-      "jax_device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
-      "jax_devices": len(jax.devices()),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "flax": flax.__version__,
-      "numpy": np.__version__,
-      "cpu": _cpu_model(),
-      "cpu_cores": os.cpu_count(),
-      "python": platform.python_version(),
-  }
-  try:
-    import torch
-
-    env["torch"] = torch.__version__
-    env["torch_threads"] = torch.get_num_threads()
-    if torch.cuda.is_available():
-      env["torch_cuda_device"] = torch.cuda.get_device_name(0)
-  except ImportError:
-    env["torch"] = None
-  return env
-
-
-# ----------------------------------------------------------------------------------------
-# Timing helpers
-
-
-def median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any] = lambda out: out,
-               warm_up: Callable[[], Any] | None = None, budget_s: float | None = None) -> tuple[float, int]:
-  """(median wall time of ``fn`` in ms, number of timed runs).
-
-  ``warm_up`` (default: ``fn`` itself) runs once first. With ``budget_s`` the timing stops
-  after the run that passes the budget, so slow baselines may get fewer than ``repeats`` runs.
-  """
-  sync((warm_up or fn)())
-  times = []
-  deadline = None if budget_s is None else time.perf_counter() + budget_s
-  while len(times) < repeats:
-    start = time.perf_counter()
-    sync(fn())
-    times.append(time.perf_counter() - start)
-    if deadline is not None and time.perf_counter() > deadline:
-      break
-  return 1e3 * statistics.median(times), len(times)
+# Timing helpers (``median_ms`` and ``environment`` live in ``sppnet_jax.timing``)
 
 
 def _jax_sync(out):
@@ -198,12 +134,6 @@ def _torch_whole_maps(torch, maps_nchw, levels: Sequence[int]):
   return torch.cat([pool(maps_nchw, n).permute(0, 2, 3, 1).reshape(batch, -1) for n in levels], dim=1)
 
 
-def _torchvision_roi_pool_per_level(torch, roi_pool, features_nchw, rois, levels: Sequence[int]):
-  """torchvision roi_pool once per level, boxes as [batch, x1, y1, x2, y2] at spatial scale 1."""
-  outs = [roi_pool(features_nchw, rois, output_size=(n, n), spatial_scale=1.0) for n in levels]
-  return outs
-
-
 # ----------------------------------------------------------------------------------------
 # The benchmark
 
@@ -230,18 +160,20 @@ def minimal_bytes(map_elements: int, num_pooled: int, channels: int, levels: Seq
 
 def roi_spp_bytes(map_hw: tuple[int, int], channels: int, levels: Sequence[int], num_boxes: int,
                   itemsize: int) -> int:
-  """Bytes moved by ``roi_spp`` under its algorithm's model.
+  """Bytes moved by ``roi_spp`` under its algorithm's model, with the deepest table the map can need.
 
-  map read once; the sparse table (KH x KW copies of the map, KH = floor(log2 H) + 1)
-  written once; four table entries of C values read per bin and box; the pooled output
-  written once.
+  map read once; the sparse table ((d_h + 1) x (d_w + 1) copies of the map, the depth the
+  longest base-level bin of a whole-map box needs) written once; four table entries of C values
+  read per base-level bin and box; the pooled output written once. Boxes needing a shallower
+  table move less (small boxes read the map directly, one entry per bin).
   """
   height, width = map_hw
-  k_h, k_w = int(np.log2(height)) + 1, int(np.log2(width)) + 1
-  bins = sum(n * n for n in levels)
+  base = [n for n, source in level_sources(levels).items() if source is None]
+  d_h, d_w = _table_depth(height, base), _table_depth(width, base)
   map_bytes = height * width * channels * itemsize
-  return map_bytes + k_h * k_w * map_bytes + 4 * num_boxes * bins * channels * itemsize \
-      + num_boxes * bins * channels * itemsize
+  base_bins = sum(n * n for n in base)
+  return map_bytes + (d_h + 1) * (d_w + 1) * map_bytes + 4 * num_boxes * base_bins * channels * itemsize \
+      + num_boxes * spp_output_dim(channels, levels) * itemsize
 
 
 def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[int, int] = (43, 57),
@@ -280,17 +212,6 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
     import torch
   except ImportError:
     torch = None
-  gpu_reason = "no CUDA device for torch"
-  roi_pool = None
-  if torch is not None and torch.cuda.is_available():
-    try:
-      from torchvision.ops import roi_pool
-      gpu_reason = ""
-    except Exception as err:  # torchvision missing or built for another torch
-      gpu_reason = f"torchvision unavailable: {type(err).__name__}: {err}"
-  elif torch is None:
-    gpu_reason = "torch not installed"
-
   roi_fn = jax.jit(roi_spp, static_argnames="levels")
   for dtype in dtypes:
     jdtype = jnp.dtype(dtype)
@@ -371,24 +292,6 @@ def run_pooling_benchmark(num_boxes: Sequence[int] = (64, 2000), map_hw: tuple[i
             reason = "out of memory" if "RESOURCE_EXHAUSTED" in str(err) or isinstance(err, MemoryError) else "failed"
             rows.append(_Row("roi_spp", impl, dtype, shape, label, note=f"skipped: {reason}: {message}"))
 
-        # (c) torchvision roi_pool on a GPU, once per level.
-        impl = "torchvision roi_pool per level (GPU)"
-        if roi_pool is None:
-          rows.append(_Row("roi_spp", impl, dtype, shape, label, note=f"skipped: {gpu_reason}"))
-        else:
-          cuda = torch.device("cuda")
-          nchw_gpu = torch.from_numpy(base.transpose(0, 3, 1, 2).copy()).to(cuda, _torch_dtype(torch, dtype))
-          rois = torch.from_numpy(np.concatenate([np.zeros((count, 1)), boxes[0]], 1).astype(np.float32))
-          rois = rois.to(cuda, _torch_dtype(torch, dtype))
-          try:
-            with torch.no_grad():
-              t, _ = median_ms(lambda: _torchvision_roi_pool_per_level(torch, roi_pool, nchw_gpu, rois, levels),
-                                repeats, lambda out: torch.cuda.synchronize())
-            rows.append(_Row("roi_spp", impl, dtype, shape, label, t, t / t_roi))
-          except Exception as err:
-            rows.append(_Row("roi_spp", impl, dtype, shape, label,
-                             note=f"skipped: {type(err).__name__}: {str(err).splitlines()[0][:100]}"))
-
     # Whole-map SPP.
     spp_fn = jax.jit(spp, static_argnames="levels")
     for side in whole_map_sides:
@@ -433,7 +336,7 @@ def format_table(rows: Sequence[dict]) -> str:
                  f"{row['note']} |")
   lines += ["", "x roi_spp/spp: the row's time divided by the roi_spp (or spp) time of the same dtype, input "
             "and boxes; above 1 means slower than this library.",
-            "GB/s model, roi_spp: map read once + sparse table written once ((floor(log2 H)+1) x "
-            "(floor(log2 W)+1) copies of the map) + 4 table reads of C values per bin and box + the output "
-            "written once. spp: maps read once + output written once. The time includes all of it."]
+            "GB/s model, roi_spp: map read once + sparse table written once (as deep as a whole-map box "
+            "needs: (d+1)^2 copies of the map, 16 for a 43x57 map and {6,3,2,1}) + 4 table reads of C values "
+            "per finest-level bin and box + the output written once. spp: maps read once + output written once. The time includes all of it."]
   return "\n".join(lines)

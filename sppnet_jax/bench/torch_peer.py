@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sppnet_jax import models, ops
-from sppnet_jax.bench import pooling
+from sppnet_jax.timing import median_ms
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -168,7 +168,7 @@ def train_step_benchmark(model: models.SPPNet, dtype: str, size: int, batch: int
     start = time.perf_counter()
     float(step(images, labels))
     compile_s = time.perf_counter() - start
-    ms, runs = pooling.median_ms(lambda: step(images, labels), repeats, float)
+    ms, runs = median_ms(lambda: step(images, labels), repeats, float)
   finally:
     torch.set_float32_matmul_precision(previous_precision)
   return {"mode": "torch.compile" if compile_model else "eager", "step_ms": ms, "images_per_s": batch / (ms * 1e-3),

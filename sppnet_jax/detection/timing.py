@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from sppnet_jax import models
-from sppnet_jax.bench import pooling
+from sppnet_jax.timing import environment
 from sppnet_jax.detection import features as feats
 from sppnet_jax.detection import rcnn
 
@@ -115,7 +115,7 @@ def time_detection(model: models.SPPNet, params: Any, images: Sequence[np.ndarra
   out.update(rcnn_extrapolated=extrapolated, windows_per_image=float(np.mean([len(w) for w in windows])),
              rcnn_windows_run=float(np.mean(run_counts)), images=len(images),
              scales_1=list(settings_1.scales), scales_5=list(settings_5.scales), warp_size=int(warp_size),
-             environment=pooling.environment())
+             environment=environment())
   return out
 
 

@@ -1,0 +1,84 @@
+"""Timing helpers shared by the benchmarks (``sppnet_jax.bench``) and the detection timing
+(``sppnet_jax.detection.timing``): one median timer and one record of the environment.
+
+torch and torchvision are imported only inside ``environment``, so this module imports
+without them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+  """Device and library versions of this run (torch and torchvision None when not installed)."""
+  import flax
+  import jaxlib
+
+  device = jax.devices()[0]
+  env = {
+      "jax_device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+      "jax_devices": len(jax.devices()),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "flax": flax.__version__,
+      "numpy": np.__version__,
+      "cpu": _cpu_model(),
+      "cpu_cores": os.cpu_count(),
+      "python": platform.python_version(),
+  }
+  try:
+    import torch
+
+    env["torch"] = torch.__version__
+    env["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+      env["torch_cuda_device"] = torch.cuda.get_device_name(0)
+  except ImportError:
+    env["torch"] = None
+  try:
+    import torchvision
+
+    env["torchvision"] = torchvision.__version__
+  except Exception:  # missing, or built for another torch
+    env["torchvision"] = None
+  return env
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any] = lambda out: out,
+              warm_up: Callable[[], Any] | None = None, budget_s: float | None = None) -> tuple[float, int]:
+  """(median wall time of ``fn`` in ms, number of timed runs).
+
+  ``warm_up`` (default: ``fn`` itself) runs once first. ``sync`` is applied to each result
+  inside the timed region (``jax.block_until_ready`` for JAX). With ``budget_s`` the timing
+  stops after the run that passes the budget, so slow baselines may get fewer than
+  ``repeats`` runs.
+  """
+  sync((warm_up or fn)())
+  times = []
+  deadline = None if budget_s is None else time.perf_counter() + budget_s
+  while len(times) < repeats:
+    start = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - start)
+    if deadline is not None and time.perf_counter() > deadline:
+      break
+  return 1e3 * statistics.median(times), len(times)
