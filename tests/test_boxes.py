@@ -70,3 +70,54 @@ def test_tfds_conversion_roundtrip():
   np.testing.assert_allclose(norm[1], [240 / h, 48 / w, 371 / h, 195 / w])
   np.testing.assert_allclose(B.tfds_to_pixel(norm, h, w, round_coords=True), pix)
   np.testing.assert_allclose(B.tfds_to_pixel(B.pixel_to_tfds(pix, h, w, False), h, w, False), pix)
+
+
+def greedy_nms_reference(boxes, scores, threshold, max_keep=None):
+  """One box at a time: keep the best remaining box, drop every box whose '+1' IoU with it is
+  strictly above the threshold, repeat. Ties in score keep input order."""
+  boxes = np.asarray(boxes, np.float64)
+  remaining = sorted(range(len(boxes)), key=lambda i: -scores[i])  # sorted() is stable
+  keep = []
+  while remaining and (max_keep is None or len(keep) < max_keep):
+    best, remaining = remaining[0], remaining[1:]
+    keep.append(best)
+    a = boxes[best]
+    survivors = []
+    for j in remaining:
+      b = boxes[j]
+      iw = max(min(a[2], b[2]) - max(a[0], b[0]) + 1.0, 0.0)
+      ih = max(min(a[3], b[3]) - max(a[1], b[1]) + 1.0, 0.0)
+      inter = iw * ih
+      union = (a[2] - a[0] + 1.0) * (a[3] - a[1] + 1.0) + (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0) - inter
+      if not (union > 0 and inter / union > threshold):
+        survivors.append(j)
+    remaining = survivors
+  return np.asarray(keep, np.int64)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_nms_equals_one_box_at_a_time_greedy(seed):
+  """Random small cases, more boxes than one block, tied scores, integer and fractional boxes,
+  every threshold from 0 to 1 and a max_keep, against the hand-written greedy loop."""
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(0, 150))
+  corner = rng.uniform(0, 80, (n, 2))
+  boxes = np.concatenate([corner, corner + rng.uniform(0, 50, (n, 2))], 1)
+  if seed % 2:
+    boxes = np.round(boxes)
+  scores = rng.integers(0, 10, n).astype(np.float64) if seed % 3 == 0 else rng.random(n)
+  threshold = float(rng.choice([0.0, 0.1, 0.3, 0.5, 0.7, 1.0]))
+  max_keep = None if seed % 4 else int(rng.integers(0, 30))
+  got = B.nms(boxes, scores, threshold, max_keep)
+  assert got.dtype == np.int64
+  np.testing.assert_array_equal(got, greedy_nms_reference(boxes, scores, threshold, max_keep))
+
+
+def test_nms_chain_inside_one_block():
+  """A chain where each box suppresses the next: the block's fixed point must follow the greedy
+  order (keep 0, drop 1, keep 2, ...), not drop every box that has any suppressor."""
+  boxes = np.array([[10 * i, 0, 10 * i + 14, 9] for i in range(40)], np.float64)  # neighbours: IoU 50 / 250 = 0.2
+  scores = np.linspace(1.0, 0.5, 40)
+  np.testing.assert_array_equal(B.nms(boxes, scores, threshold=0.1), np.arange(0, 40, 2))
+  np.testing.assert_array_equal(B.nms(boxes, scores, threshold=0.1),
+                                greedy_nms_reference(boxes, scores, 0.1))
