@@ -186,3 +186,60 @@ def test_proposals_benchmark_counts_every_gt_box():
   assert row["gt_boxes"] == gt and row["boxes_per_image"] > 0 and row["seconds_per_image"] > 0
   assert 0.0 <= row["recall_0.7"] <= row["recall_0.5"] <= 1.0
   assert "copy with long side 250" in suite.format_proposals_table(rows)
+
+
+def _roi_pool_stand_in(nchw, rois, output_size, spatial_scale):
+  """torchvision roi_pool's result for integer in-map boxes at scale 1: adaptive pooling of each crop."""
+  assert spatial_scale == 1.0
+  crops = [nchw[int(b):int(b) + 1, :, int(y1):int(y2) + 1, int(x1):int(x2) + 1] for b, x1, y1, x2, y2 in rois.tolist()]
+  return torch.cat([torch.nn.functional.adaptive_max_pool2d(c, output_size) for c in crops])
+
+
+def test_torchvision_rows_time_only_identical_outputs():
+  from sppnet_jax.bench import torchvision_peer
+  kwargs = dict(num_boxes=(5,), kinds=("small", "random", "large"), map_hw=(9, 11), channels=3, repeats=1)
+  rows = torchvision_peer.roi_spp_rows(ops=(torch, _roi_pool_stand_in), **kwargs)
+  assert [r["kind"] for r in rows] == ["small", "random", "large"]
+  assert all(r["identical"] and r["roi_spp_ms"] > 0 and r["torchvision_ms"] > 0 for r in rows)
+  assert rows[0]["torchvision_over_roi_spp"] == pytest.approx(rows[0]["torchvision_ms"] / rows[0]["roi_spp_ms"])
+
+  def wrong(*args):
+    return _roi_pool_stand_in(*args) + 1.0
+
+  rows = torchvision_peer.roi_spp_rows(ops=(torch, wrong), **kwargs)
+  assert all(r["identical"] is False and r["roi_spp_ms"] is None and r["torchvision_ms"] is None for r in rows)
+  assert "OUTPUT DIFFERS" in torchvision_peer.format_roi_table(rows)
+
+  from sppnet_jax.detection import boxes as box_ops
+
+  def nms_stand_in(boxes, scores, threshold):  # the peer's boxes carry x2 + 1 and y2 + 1
+    return torch.from_numpy(box_ops.nms(boxes.numpy() - np.array([0, 0, 1, 1]), scores.numpy(), threshold))
+
+  rows = torchvision_peer.nms_rows(num_boxes=(300,), repeats=1, ops=(torch, nms_stand_in))
+  assert rows[0]["identical"] and rows[0]["ours_ms"] > 0 and rows[0]["kept"] > 0
+  rows = torchvision_peer.nms_rows(num_boxes=(300,), repeats=1, ops=(torch, lambda b, s, t: nms_stand_in(b, s, t)[1:]))
+  assert rows[0]["identical"] is False and rows[0]["ours_ms"] is None
+  assert "DIFFER" in torchvision_peer.format_nms_table(rows)
+
+
+def test_peer_boxes_kinds():
+  from sppnet_jax.bench import torchvision_peer
+  rng = np.random.default_rng(0)
+  for kind in torchvision_peer.BOX_KINDS:
+    b = torchvision_peer.peer_boxes(rng, 500, (43, 57), kind)
+    w, h = b[:, 2] - b[:, 0] + 1, b[:, 3] - b[:, 1] + 1
+    assert (b[:, :2] >= 0).all() and (b[:, 2] < 57).all() and (b[:, 3] < 43).all() and (w >= 1).all() and (h >= 1).all()
+    if kind == "small":
+      assert (w == 3).all() and (h == 3).all()
+    if kind == "large":
+      assert (w >= 0.9 * 57).all() and (h >= 0.9 * 43).all()
+  with pytest.raises(ValueError, match="box kind"):
+    torchvision_peer.peer_boxes(rng, 3, (4, 4), "huge")
+
+
+def test_detection_does_not_import_bench():
+  import subprocess
+  import sys
+  code = ("import sys, sppnet_jax.detection.timing, sppnet_jax.detection.features; "
+          "sys.exit(any(m.startswith('sppnet_jax.bench') for m in sys.modules))")
+  assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -2,9 +2,12 @@
 
 Sections (each figure a median over >= 5 runs after warm-up, unless the row says otherwise):
   1. pooling: ``roi_spp`` / ``spp`` against a per-box torch adaptive-pooling loop and the
-     naive masked-max JAX version (``bench.pooling``); torchvision's roi_pool on a GPU; the
-     library's achieved bytes/s under the minimal-bytes model as a fraction of the peak
-     bandwidth;
+     naive masked-max JAX version (``bench.pooling``); the library's achieved bytes/s under
+     the minimal-bytes model as a fraction of the peak bandwidth; then ``roi_spp`` beside
+     torchvision's ``roi_pool`` (64 to 20,000 boxes; small, random and large) and
+     ``detection.boxes.nms`` beside torchvision's ``nms`` (2,000 and 20,000 boxes), each pair
+     checked to give identical outputs before it is timed (``bench.torchvision_peer``; needs
+     torchvision, i.e. run from ``.venv-bench``);
   2. training step: ZF-5 and Overfeat-7 SPP networks at 224 and 180 (batch 128 on a GPU,
      a small batch on a CPU), float32 and bfloat16 - images/s, compile time, TFLOP/s and
      MFU, each JAX row next to the PyTorch peer's (``bench.torch_peer``);
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import io
 import json
 import pathlib
@@ -33,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sppnet_jax import models
-from sppnet_jax.bench import hardware, pooling
+from sppnet_jax.bench import hardware, pooling, torchvision_peer
+from sppnet_jax.timing import environment, median_ms
 
 
 def _torch_peer():
@@ -103,7 +106,7 @@ def train_step_benchmark(quick: bool, peaks: hardware.Peaks, torch_compile: bool
           holder["state"], metrics = compiled(holder["state"], images, labels, jnp.float32(0.01), jax.random.key(0))
           jax.block_until_ready(metrics["loss"])
 
-        seconds = pooling.median_ms(run, repeats)[0] / 1e3
+        seconds = median_ms(run, repeats)[0] / 1e3
         state = holder["state"]
         jax_row = _with_flops({"model": name, "dtype": dtype, "input": size, "batch": batch, "framework": "jax",
                                "step_ms": 1e3 * seconds, "images_per_s": batch / seconds, "compile_s": compile_s,
@@ -145,7 +148,7 @@ def input_pipeline_benchmark(n: int = 64) -> dict:
       image = sources.to_rgb_uint8(np.asarray(Image.open(io.BytesIO(blob))))
       augment.train_example(image, rng, crop_size=224, short_side=256)
 
-  seconds = pooling.median_ms(run, 5)[0] / 1e3
+  seconds = median_ms(run, 5)[0] / 1e3
   return {"images_per_s_per_core": n / seconds, "images": n, "source_short_side": "300-500"}
 
 
@@ -197,6 +200,51 @@ def detection_benchmark(quick: bool) -> dict:
                                rcnn_batch=64, rcnn_max_windows=None if on_gpu else 32)
 
 
+def torchvision_benchmark(quick: bool, repeats: int = 5) -> dict:
+  """roi_spp against torchvision roi_pool and NMS against torchvision nms (``bench.torchvision_peer``),
+  with torch on 2 threads at most. quick: 64 and 2,000 boxes and NMS on 2,000."""
+  try:
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+  except ImportError:
+    pass
+  counts = (64, 2000) if quick else (64, 300, 2000, 20000)
+  return {"roi_spp": torchvision_peer.roi_spp_rows(num_boxes=counts, repeats=repeats),
+          "nms": torchvision_peer.nms_rows(num_boxes=(2000,) if quick else (2000, 20000), repeats=repeats)}
+
+
+def torchvision_section(result: dict, peaks: hardware.Peaks) -> list[str]:
+  """Markdown lines of the torchvision comparison."""
+  tv = result["torchvision"]
+  return ["### roi_spp and torchvision roi_pool, same boxes", "",
+          torchvision_peer.format_roi_table(tv["roi_spp"], peaks.bytes_per_s, peaks.bytes_label), "",
+          "### NMS and torchvision nms, same boxes", "", torchvision_peer.format_nms_table(tv["nms"]), ""]
+
+
+def run_torchvision_suite(out_dir: str, quick: bool = False) -> str:
+  """Only the torchvision comparison (with the environment and the measured bandwidth), written as
+  ``bench_torchvision_<device>_<date>.{json,md}`` into ``out_dir``; returns the Markdown. The full
+  suite (``run_suite``) has the same rows."""
+  env = environment()
+  on_gpu = jax.devices()[0].platform == "gpu"
+  peaks = hardware.device_peaks()
+  result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "environment": env, "peaks": dataclasses.asdict(peaks),
+                  "torchvision": torchvision_benchmark(quick)}
+  env = environment()  # torch's thread count as used
+  result["environment"] = env
+  lines = [f"# sppnet bench, torchvision rows — {result['date']}", "", "```", json.dumps(env, indent=2), "```", "",
+           format_peaks(peaks), ""] + torchvision_section(result, peaks)
+  text = "\n".join(lines)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  stem = f"bench_torchvision_{'gpu' if on_gpu else 'cpu'}_{result['date'][:10]}"
+  (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+  (out / f"{stem}.md").write_text(text)
+  return text
+
+
 def _number(value, digits: int) -> str:
   return "" if value is None else f"{value:.{digits}f}"
 
@@ -243,11 +291,9 @@ def format_peaks(peaks: hardware.Peaks) -> str:
 def skipped_entries(on_gpu: bool, peaks: hardware.Peaks, torch_compile: bool) -> list[str]:
   """What this run could not measure, with the reason."""
   skipped = []
-  has_torchvision = importlib.util.find_spec("torchvision") is not None
-  if not on_gpu or not has_torchvision:
-    reasons = ([] if on_gpu else ["need a CUDA device"]) + \
-        ([] if has_torchvision else ["torchvision is not installed in this environment (not a dependency)"])
-    skipped.append("torchvision.ops.roi_pool rows: " + "; ".join(reasons))
+  reason = torchvision_peer.torchvision_ops()[3]
+  if reason:
+    skipped.append(f"torchvision roi_pool and nms rows: {reason}")
   if peaks.measured:
     skipped.append(f"MFU and bandwidth against spec-sheet peaks: need a GPU in hardware.SPEC_SHEETS (this device: "
                    f"{peaks.device}); the fractions here are of peaks measured in this run")
@@ -264,7 +310,7 @@ def run_suite(out_dir: str, quick: bool = False, torch_compile: bool | None = No
 
   ``torch_compile``: compile the torch peer's step; None compiles except with ``quick``.
   """
-  env = pooling.environment()
+  env = environment()
   on_gpu = jax.devices()[0].platform == "gpu"
   torch_compile = (not quick) if torch_compile is None else torch_compile
   peaks = hardware.device_peaks()
@@ -274,6 +320,7 @@ def run_suite(out_dir: str, quick: bool = False, torch_compile: bool | None = No
   result["pooling"] = pooling.run_pooling_benchmark(num_boxes=(64, 2000) if not quick else (64,),
                                                     dtypes=("float32", "bfloat16") if not quick else ("float32",))
   result["pooling_bandwidth"] = pooling_bandwidth(result["pooling"], peaks)
+  result["torchvision"] = torchvision_benchmark(quick)
   result["train_step"] = train_step_benchmark(quick, peaks, torch_compile)
   result["input_pipeline"] = input_pipeline_benchmark(16 if quick else 64)
   result["detection"] = detection_benchmark(quick)
@@ -285,6 +332,7 @@ def run_suite(out_dir: str, quick: bool = False, torch_compile: bool | None = No
            format_peaks(peaks), "",
            "## 1. Pooling", "", pooling.format_table(result["pooling"]), "",
            "### Achieved bandwidth (minimal bytes)", "", format_bandwidth_table(result["pooling_bandwidth"]), "",
+           *torchvision_section(result, peaks),
            "## 2. Training step (forward + backward + SGD update), JAX and the PyTorch peer", "",
            format_train_table(result["train_step"], peaks), "",
            "## 3. Detection (per image)", "", timing.format_table(result["detection"]), "",
