@@ -382,20 +382,27 @@ def test_roi_spp_padding_rows_do_not_change_the_result(rng):
   np.testing.assert_array_equal(got[:, 30:], 0.0)
 
 
-def test_roi_spp_in_chunks_against_torch(rng, monkeypatch):
+@pytest.mark.parametrize("channel_blocks", [False, True])
+def test_roi_spp_in_chunks_against_torch(rng, monkeypatch, channel_blocks):
   """Enough boxes that roi_spp pools them in chunks, with a box count that is not a multiple of
-  the chunk (the last chunk is shifted back and recomputes a few boxes)."""
+  the chunk (the last chunk is shifted back and recomputes a few boxes); optionally with a table
+  budget that splits the 6 channels into two blocks of 3."""
   from sppnet_jax.ops import pooling
+  channels = 6
   monkeypatch.setattr(pooling, "SINGLE_PASS_BYTES", 0)
-  monkeypatch.setattr(pooling, "CHUNK_BYTES", 7 * spp_output_dim(4, PAPER_LEVELS) * 4)  # 7 boxes a chunk
-  features = rng.standard_normal((2, 15, 18, 4)).astype(np.float32)
+  monkeypatch.setattr(pooling, "CHUNK_BYTES", 7 * 50 * 3 * 4)  # 7 boxes a chunk, 3 or 6 channels at a time
+  if channel_blocks:
+    monkeypatch.setattr(pooling, "TABLE_BYTES", 4 * 3 * (2 * 15 * 18) * 4)  # tables of 3 channels
+  features = rng.standard_normal((2, 15, 18, channels)).astype(np.float32)
   corner = rng.integers(-1, 16, (2, 51, 2))
   boxes = np.concatenate([corner, corner + rng.integers(0, 15, (2, 51, 2))], -1).astype(np.int32)
+  boxes[0, 0] = [0, 0, 17, 14]  # needs the deepest table
   valid = rng.random((2, 51)) < 0.9
+  valid[0, 0] = True
   got = np.asarray(jax.jit(roi_spp, static_argnames="levels")(features, boxes, valid, levels=PAPER_LEVELS))
   np.testing.assert_array_equal(got, torch_roi_spp(features, boxes, valid, PAPER_LEVELS))
   empty = roi_spp(features, np.zeros((2, 0, 4), np.int32), np.zeros((2, 0), bool), PAPER_LEVELS)
-  assert empty.shape == (2, 0, spp_output_dim(4, PAPER_LEVELS))
+  assert empty.shape == (2, 0, spp_output_dim(channels, PAPER_LEVELS))
 
 
 # ----------------------------------------------------------------------------------------
