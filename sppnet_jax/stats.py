@@ -1,0 +1,154 @@
+"""Uncertainty for error rates and for comparisons between networks scored on the same images.
+
+* :func:`wilson_interval` - the 95 % interval of one error rate (Wilson score interval).
+* :func:`mcnemar_exact` - the exact two-sided McNemar test of two classifiers on the same
+  examples: under the null the discordant examples split Binomial(b + c, 1/2).
+* :func:`paired_difference` - the difference of two error rates on the same examples with
+  its 95 % interval (Wald interval of a paired difference of proportions) and McNemar's p.
+* :func:`bootstrap_interval` - a percentile bootstrap with a fixed seed (reproducible).
+* :func:`seed_comparison` - mean ± std over training seeds and a paired t-test across seeds.
+* :func:`verdict` - one generated line per comparison, e.g.
+  ``multi − single, full view: −1.3 points [−2.1, −0.5], McNemar p = 0.002``.
+
+All error rates are fractions in these functions' arguments and percentage points in their
+results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+
+def wilson_interval(errors: int, n: int, z: float = Z95) -> tuple[float, float]:
+  """Wilson score interval of an error rate ``errors / n``, in percent."""
+  if n <= 0:
+    raise ValueError(f"an interval needs at least one example; got n={n}.")
+  if not 0 <= errors <= n:
+    raise ValueError(f"errors must be in [0, n={n}]; got {errors}.")
+  p = errors / n
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+  """Two-sided exact McNemar p-value from the discordant counts ``b`` (only A wrong) and
+  ``c`` (only B wrong): ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)``."""
+  if b < 0 or c < 0:
+    raise ValueError(f"discordant counts must be non-negative; got b={b}, c={c}.")
+  n = b + c
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+  return min(1.0, 2 * tail)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+  """Error of A minus error of B on the same examples, in percentage points."""
+  difference: float
+  low: float
+  high: float
+  p_value: float
+  only_a_wrong: int
+  only_b_wrong: int
+  n: int
+
+  @property
+  def resolved(self) -> bool:
+    """Whether the difference is significant at the 5 % level (McNemar)."""
+    return self.p_value < 0.05
+
+
+def paired_difference(wrong_a: np.ndarray, wrong_b: np.ndarray, z: float = Z95) -> PairedDifference:
+  """``error(A) - error(B)`` for per-example mistakes (bool arrays over the same examples).
+
+  Interval: ``d ± z * sqrt((b + c) / n - d**2) / sqrt(n)`` with ``d = (b - c) / n``, the Wald
+  interval of a difference of paired proportions; p-value: exact McNemar.
+  """
+  wrong_a, wrong_b = np.asarray(wrong_a, bool), np.asarray(wrong_b, bool)
+  if wrong_a.shape != wrong_b.shape or wrong_a.ndim != 1 or wrong_a.size == 0:
+    raise ValueError("paired comparison needs two non-empty 1-D arrays over the same examples; got shapes "
+                     f"{wrong_a.shape} and {wrong_b.shape}.")
+  n = wrong_a.size
+  b = int(np.sum(wrong_a & ~wrong_b))
+  c = int(np.sum(~wrong_a & wrong_b))
+  d = (b - c) / n
+  half = z * math.sqrt(max((b + c) / n - d * d, 0.0) / n)
+  return PairedDifference(100 * d, 100 * (d - half), 100 * (d + half), mcnemar_exact(b, c), b, c, n)
+
+
+def bootstrap_interval(values: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean,
+                       num_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+  """Percentile bootstrap interval of ``statistic`` over the first axis of ``values``.
+
+  Resampling indices come from ``np.random.default_rng(seed)``, so the same call gives the
+  same interval.
+  """
+  values = np.asarray(values)
+  if values.shape[0] == 0:
+    raise ValueError("bootstrap needs at least one value.")
+  rng = np.random.default_rng(seed)
+  index = rng.integers(0, values.shape[0], size=(num_resamples, values.shape[0]))
+  stats = np.array([statistic(values[i]) for i in index])
+  alpha = (1 - level) / 2
+  return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedComparison:
+  """Errors (%) of two variants over the same training seeds."""
+  mean_a: float
+  std_a: float
+  mean_b: float
+  std_b: float
+  difference: float
+  low: float
+  high: float
+  p_value: float
+  num_seeds: int
+
+
+def seed_comparison(errors_a: Sequence[float], errors_b: Sequence[float]) -> SeedComparison:
+  """Mean ± std (ddof 1) of each, and a paired t-test of ``a - b`` across seeds (seed i of A
+  with seed i of B) with the 95 % t interval of the mean difference."""
+  from scipy import stats as scipy_stats
+
+  a, b = np.asarray(errors_a, float), np.asarray(errors_b, float)
+  if a.shape != b.shape or a.size < 2:
+    raise ValueError(f"a test across seeds needs the same number (>= 2) of seeds per variant; got {a.size} and "
+                     f"{b.size}.")
+  d = a - b
+  n = d.size
+  sd = float(d.std(ddof=1))
+  half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+  if sd == 0:
+    p = 1.0 if d.mean() == 0 else 0.0
+  else:
+    p = float(2 * scipy_stats.t.sf(abs(d.mean()) / (sd / math.sqrt(n)), n - 1))
+  return SeedComparison(float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1)),
+                        float(d.mean()), float(d.mean() - half), float(d.mean() + half), p, n)
+
+
+def format_p(p: float) -> str:
+  return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
+def verdict(label: str, diff: PairedDifference | SeedComparison) -> str:
+  """One line for one comparison; 'unresolved' unless the interval excludes zero and p < 0.05."""
+  if isinstance(diff, SeedComparison):
+    test = f"paired t over {diff.num_seeds} seeds p = {format_p(diff.p_value)}"
+  else:
+    test = f"McNemar p = {format_p(diff.p_value)}"
+  sign = lambda x: f"{x:+.1f}".replace("-", "−")
+  unresolved = diff.low <= 0 <= diff.high or diff.p_value >= 0.05
+  outcome = "unresolved (inside the noise)" if unresolved else (
+      "lower error" if diff.difference < 0 else "higher error")
+  return f"{label}: {sign(diff.difference)} points [{sign(diff.low)}, {sign(diff.high)}], {test}: {outcome}"
