@@ -256,16 +256,16 @@ def test_train_batches_subtract_the_resized_mean_image():
 
 def test_eval_crop_and_ten_views_pad_the_last_batch():
   src = _list_source([(60, 80)] * 5)
-  batches = list(pipeline.eval_batches(src, view='crop', batch_size=4, crop_size=CROP,
-                                       short_side=SHORT))
+  crop = lambda image: augment.normalize(augment.center_crop_view(image, CROP, SHORT))
+  batches = list(pipeline.eval_batches(src, prepare=crop, batch_size=4))
   assert [b['image'].shape for b in batches] == [(4, CROP, CROP, 3)] * 2
   assert batches[1]['mask'].tolist() == [True, False, False, False]
   assert batches[1]['index'].tolist() == [4, -1, -1, -1]
   assert np.all(batches[1]['image'][1:] == 0)
   expected = augment.normalize(augment.center_crop_view(src[4]['image'], CROP, SHORT))
   np.testing.assert_array_equal(batches[1]['image'][0], expected)
-  ten = list(pipeline.eval_batches(src, view='ten', batch_size=4, crop_size=CROP,
-                                   short_side=SHORT))
+  ten_views = lambda image: np.stack([augment.normalize(v) for v in augment.ten_view(image, CROP, SHORT)])
+  ten = list(pipeline.eval_batches(src, prepare=ten_views, batch_size=4))
   assert [b['image'].shape for b in ten] == [(4, 10, CROP, CROP, 3)] * 2
   assert int(sum(b['mask'].sum() for b in ten)) == 5
 
@@ -273,8 +273,8 @@ def test_eval_crop_and_ten_views_pad_the_last_batch():
 def test_eval_full_view_buckets_pad_and_report_valid_hw():
   # Full views at short side 56: 56x75, 56x70 (one bucket 64x96), 56x112, 75x56.
   src = _list_source([(60, 80), (80, 60), (60, 75), (30, 60), (40, 40)])
-  batches = list(pipeline.eval_batches(src, view='full', batch_size=2, short_side=SHORT,
-                                       bucket=32))
+  full = lambda image: augment.normalize(augment.full_view(image, SHORT))
+  batches = list(pipeline.eval_batches(src, prepare=full, batch_size=2, bucket=32))
   seen = []
   for b in batches:
     n, bh, bw, _ = b['image'].shape

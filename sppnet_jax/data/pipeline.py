@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,11 +28,11 @@ from sppnet_jax.data import augment
 
 __all__ = [
   'steps_per_epoch', 'epoch_shuffle_seed', 'train_batches', 'eval_batches',
-  'estimate_mean_image', 'bucket_shape',
+  'estimate_mean_image', 'bucket_shape', 'image_shapes', 'FullBatchPlan', 'full_epoch_plan',
+  'full_train_batches',
 ]
 
 Batch = dict[str, np.ndarray]
-View = Literal['crop', 'full', 'ten']
 
 
 def _grain():
@@ -139,26 +139,105 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
   return iter(it)
 
 
+def image_shapes(source: Sequence[dict[str, Any]]) -> np.ndarray:
+  """(N, 2) int (h, w) of every example: ``source.image_shape(i)`` where the source can tell
+  without decoding (the synthetic ones), else read from the decoded image."""
+  shape = getattr(source, 'image_shape', None)
+  if shape is not None:
+    return np.array([shape(i) for i in range(len(source))], np.int64).reshape(-1, 2)
+  return np.array([np.shape(source[i]['image'])[:2] for i in range(len(source))], np.int64).reshape(-1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullBatchPlan:
+  """One training batch of whole images: the bucket shape, and each row's (index, short side)."""
+  shape: tuple[int, int]
+  index: np.ndarray
+  short_side: np.ndarray
+
+
+def full_epoch_plan(shapes: np.ndarray, *, batch_size: int, seed: int, epoch: int,
+                    short_range: tuple[int, int], bucket: int) -> list[FullBatchPlan]:
+  """The batches of one epoch of whole-image ('full' mode) training, before any pixel is read.
+
+  The epoch's order is a permutation seeded by ``(seed, epoch)``; example ``i`` gets a short
+  side drawn uniformly from ``short_range`` (``default_rng([seed, epoch, i, 1])``) and its
+  scaled (h, w) is rounded up to multiples of ``bucket``. Examples go in order into the open
+  bucket of their shape, and a bucket becomes a batch when it holds ``batch_size``; buckets
+  still partial at the end of the epoch are dropped (their examples wait for the next
+  epoch's draw). The plan is a pure function of its arguments, so a resumed run replays it.
+  """
+  lo, hi = (int(x) for x in short_range)
+  if not 1 <= lo <= hi:
+    raise ValueError(f'short_range must be (min, max) with 1 <= min <= max, got {short_range}')
+  order = np.random.default_rng([_check_seed('seed', seed), _check_seed('epoch', epoch), 3]).permutation(len(shapes))
+  open_buckets: dict[tuple[int, int], list[tuple[int, int]]] = {}
+  plan = []
+  for i in order:
+    short = int(np.random.default_rng([seed, epoch, int(i), 1]).integers(lo, hi + 1))
+    h, w = augment.short_side_shape(int(shapes[i, 0]), int(shapes[i, 1]), short)
+    key = bucket_shape(h, w, bucket)
+    rows = open_buckets.setdefault(key, [])
+    rows.append((int(i), short))
+    if len(rows) == batch_size:
+      index, sides = zip(*rows)
+      plan.append(FullBatchPlan(key, np.array(index, np.int64), np.array(sides, np.int64)))
+      open_buckets[key] = []
+  return plan
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class _EvalTransform:
-  """Picklable per-example eval transform producing one view of one example."""
-  view: str
-  crop_size: int
-  short_side: int
+class _FullTrainTransform:
+  """Loads one planned batch: each image at its short side, flipped, colour noise, normalised,
+  zero-padded to the bucket shape. Picklable for grain workers."""
+  source: Any
+  seed: int
+  epoch: int
+  pca_std: float
   mean: Any
 
+  def __call__(self, batch: FullBatchPlan) -> dict[str, np.ndarray]:
+    n = len(batch.index)
+    images = np.zeros((n, *batch.shape, 3), np.float32)
+    valid_hw = np.zeros((n, 2), np.int32)
+    labels = np.zeros(n, np.int32)
+    for r, (i, short) in enumerate(zip(batch.index, batch.short_side)):
+      example = self.source[int(i)]
+      rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+      x = augment.random_flip(augment.resize_short_side(example['image'], int(short)), rng)
+      x = augment.normalize(augment.pca_color_noise(x, rng, self.pca_std), self.mean)
+      images[r, :x.shape[0], :x.shape[1]] = x
+      valid_hw[r], labels[r] = x.shape[:2], example['label']
+    return {'image': images, 'valid_hw': valid_hw, 'label': labels}
+
+
+def full_train_batches(source: Sequence[dict[str, Any]], plan: Sequence[FullBatchPlan], *, seed: int, epoch: int,
+                       pca_std: float = 0.1, mean: np.ndarray | float | str | None = None,
+                       start_step: int = 0) -> Iterator[Batch]:
+  """The batches of a :func:`full_epoch_plan`, from ``start_step`` on:
+  ``{'image': float32 (B, H, W, 3) zero-padded, 'valid_hw': int32 (B, 2), 'label': int32 (B,)}``.
+
+  ``mean`` must not depend on the input size (a scalar, a (3,) mean or ``PER_IMAGE``): a mean
+  image is reduced to its per-channel mean.
+  """
+  grain = _grain()
+  if not 0 <= start_step <= len(plan):
+    raise ValueError(f'start_step must be in [0, {len(plan)}], got {start_step}')
+  if mean is not None and not isinstance(mean, str) and np.ndim(mean) == 3:
+    mean = np.asarray(mean, np.float32).reshape(-1, 3).mean(0)
+  transform = _FullTrainTransform(source, seed, epoch, pca_std, mean)
+  ds = grain.MapDataset.source(list(plan[start_step:])).map(transform)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EvalTransform:
+  """Picklable per-example eval transform: ``prepare`` turns the image into the view's input."""
+  prepare: Callable[[np.ndarray], np.ndarray]
+
   def __call__(self, index: int, example: dict[str, Any]) -> dict[str, np.ndarray]:
-    image = example['image']
-    if self.view == 'crop':
-      x = augment.normalize(augment.center_crop_view(image, self.crop_size, self.short_side),
-                            self.mean)
-    elif self.view == 'ten':
-      x = np.stack([augment.normalize(v, self.mean) for v in
-                    augment.ten_view(image, self.crop_size, self.short_side)])
-    else:
-      x = augment.normalize(augment.full_view(image, self.short_side), self.mean)
-    return {'image': x, 'label': np.int32(example['label']), 'index': np.int32(index),
-            'mask': np.bool_(True)}
+    return {'image': np.asarray(self.prepare(example['image']), np.float32),
+            'label': np.int32(example['label']), 'index': np.int32(index), 'mask': np.bool_(True)}
 
 
 def bucket_shape(h: int, w: int, bucket: int) -> tuple[int, int]:
@@ -192,51 +271,45 @@ def _pad_batch(rows: list[dict[str, np.ndarray]], batch_size: int,
   return batch
 
 
-def eval_batches(source: Sequence[dict[str, Any]], *, view: View = 'crop', batch_size: int,
-                 crop_size: int = 224, short_side: int = 256,
-                 mean: np.ndarray | float | None = None, bucket: int = 32,
-                 num_threads: int = 2) -> Iterator[Batch]:
+def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndarray], np.ndarray],
+                 batch_size: int, bucket: int | None = None, num_threads: int = 2) -> Iterator[Batch]:
   """Evaluation batches of one test view; every batch has exactly ``batch_size`` rows.
 
-  Keys: ``image`` float32, ``label`` int32 (B,), ``index`` int32 (B,) (source
-  index, -1 for padding), ``mask`` bool (B,) (False for padding rows).
+  ``prepare`` maps a uint8 image to the view's normalised float32 input (the views are
+  defined in :mod:`sppnet_jax.views`). Keys: ``image`` float32, ``label`` int32 (B,),
+  ``index`` int32 (B,) (source index, -1 for padding), ``mask`` bool (B,) (False for
+  padding rows).
 
-  * ``'crop'``: image (B, S, S, 3), the central crop (S = crop_size).
-  * ``'ten'``: image (B, 10, S, S, 3), see :func:`augment.ten_view`.
-  * ``'full'``: whole images with short side ``short_side``; images whose
-    (H, W) round up to the same multiples of ``bucket`` are batched together,
-    zero-padded (after normalisation) at the bottom/right to that bucket
-    shape, and ``valid_hw`` int32 (B, 2) gives each image's true (H, W)
-    ((0, 0) for padding rows). Batches of one bucket always have the same
-    shape. Batches come out when a bucket fills, then the partial buckets, so
-    the order is not the source order - use ``index``.
-
-  ``mean`` is given at ``crop_size`` and resized to each input's size.
+  * ``bucket=None``: every input must have the same shape; the last partial batch is
+    padded with zero rows.
+  * ``bucket=k``: inputs (H, W, 3) of any size; those whose (H, W) round up to the same
+    multiples of ``k`` are batched together, zero-padded at the bottom/right to that
+    bucket shape, and ``valid_hw`` int32 (B, 2) gives each image's true (H, W) ((0, 0) for
+    padding rows). Batches come out when a bucket fills, then the partial buckets, so the
+    order is not the source order - use ``index``.
   """
   grain = _grain()
-  if view not in ('crop', 'full', 'ten'):
-    raise ValueError(f"view must be 'crop', 'full' or 'ten', got {view!r}")
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  if short_side < crop_size and view != 'full':
-    raise ValueError(f'short_side ({short_side}) must be >= crop_size ({crop_size})')
-  bucket_shape(1, 1, bucket)  # validates bucket
-  if mean is not None and view != 'full':
-    mean = augment.mean_for_size(mean, crop_size, crop_size)
-  transform = _EvalTransform(view, crop_size, short_side, mean)
-  ds = grain.MapDataset.source(source).map_with_index(transform)
+  if bucket is not None:
+    bucket_shape(1, 1, bucket)  # validates bucket
+  ds = grain.MapDataset.source(source).map_with_index(_EvalTransform(prepare))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=2 * batch_size))
-  if view == 'full':
+  if bucket is not None:
     return _bucketed(iter(it), batch_size, bucket)
-  shape = (crop_size, crop_size, 3) if view == 'crop' else (10, crop_size, crop_size, 3)
-  return _fixed(iter(it), batch_size, shape)
+  return _fixed(iter(it), batch_size)
 
 
-def _fixed(rows: Iterator[dict[str, np.ndarray]], batch_size: int,
-           shape: tuple[int, ...]) -> Iterator[Batch]:
+def _fixed(rows: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterator[Batch]:
   pending: list[dict[str, np.ndarray]] = []
+  shape = None
   for row in rows:
+    if shape is None:
+      shape = row['image'].shape
+    elif row['image'].shape != shape:
+      raise ValueError(f'example {int(row["index"])} gives an input of shape {row["image"].shape}, the first '
+                       f'gave {shape}: a fixed-shape view needs equal shapes (use bucket= for variable sizes)')
     pending.append(row)
     if len(pending) == batch_size:
       yield _pad_batch(pending, batch_size, shape)
