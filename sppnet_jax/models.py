@@ -75,23 +75,32 @@ TRUNKS: dict[str, tuple[Layer, ...]] = {
 BASELINE_POOL5 = {"zf5": (3, 2), "convnet5": (3, 2), "overfeat5": (3, 3), "overfeat7": (3, 3)}
 
 
-def trunk_layers(name: str, width: float = 1.0, depth: int | None = None) -> tuple[Layer, ...]:
+def trunk_layers(name: str, width: float = 1.0, depth: int | None = None,
+                 channels: Sequence[int] | None = None) -> tuple[Layer, ...]:
   """The layer specs of trunk ``name``, conv widths scaled by ``width``.
 
   ``depth`` keeps only the first ``depth`` conv layers (everything after the last kept conv
   is dropped): a slim, shallow version of the same code for tests and CPU runs.
+  ``channels``, if given, sets every kept conv's width explicitly instead of ``width``
+  (one entry per conv; kernels, strides and paddings stay the trunk's).
   """
   if name not in TRUNKS:
     raise ValueError(f"unknown trunk {name!r}; choose one of {sorted(TRUNKS)}.")
   if width <= 0:
     raise ValueError(f"width must be positive; got {width}.")
+  num_convs = sum(isinstance(layer, Conv) for layer in TRUNKS[name])
+  kept = num_convs if depth is None else min(depth, num_convs)
+  if channels is not None and (len(channels) != kept or any(int(c) < 1 for c in channels)):
+    raise ValueError(f"channels must give {kept} positive conv widths for {name!r}"
+                     f"{'' if depth is None else f' at depth {depth}'}; got {tuple(channels)}.")
   layers, convs = [], 0
   for layer in TRUNKS[name]:
     if isinstance(layer, Conv):
       if depth is not None and convs == depth:
         break
+      features = int(channels[convs]) if channels is not None else max(1, int(round(layer.features * width)))
       convs += 1
-      layer = dataclasses.replace(layer, features=max(1, int(round(layer.features * width))))
+      layer = dataclasses.replace(layer, features=features)
     layers.append(layer)
   return tuple(layers)
 
@@ -255,6 +264,17 @@ class SPPNet(nn.Module):
   def classify(self, pooled: jax.Array, train: bool = False, return_fc7: bool = False) -> jax.Array:
     return self.head(pooled, train, return_fc7)
 
+  def padded(self, images: jax.Array, valid_hw: jax.Array, train: bool = False) -> jax.Array:
+    """Logits of zero-padded images, each taken at its own size ``valid_hw`` (B, 2): the trunk
+    masks every layer to the image's extent and SPP pools only that extent, so each row equals
+    the unpadded image's logits. Needs an SPP network."""
+    if self.levels is None:
+      raise ValueError("padded inputs of different sizes need an SPP network; the no-SPP head takes only its "
+                       "training size.")
+    conv = self.conv_features(images, valid_hw)
+    pooled = ops.padded_spp(conv, map_extent(self.layers, valid_hw), self.levels)
+    return self.classify(pooled, train)
+
 
 def min_image_size(layers: Sequence[Layer]) -> int:
   return ops.min_input_size(spatial_layers(layers))
@@ -273,9 +293,9 @@ def check_images(images, layers: Sequence[Layer]) -> None:
 
 def create_model(name: str, num_classes: int = 1000, spp: bool = True, levels: Sequence[int] = ops.DEFAULT_LEVELS,
                  width: float = 1.0, depth: int | None = None, fc_width: int = 4096, dropout: float = 0.5,
-                 initializer: str = "he", dtype=jnp.float32) -> SPPNet:
+                 initializer: str = "he", dtype=jnp.float32, channels: Sequence[int] | None = None) -> SPPNet:
   """The network ``name`` (zf5, convnet5, overfeat5, overfeat7), with SPP or the no-SPP baseline head."""
-  layers = trunk_layers(name, width, depth)
+  layers = trunk_layers(name, width, depth, channels)
   return SPPNet(layers=layers, num_classes=num_classes, levels=ops.check_levels(levels) if spp else None,
                 baseline_pool=BASELINE_POOL5[name], fc_width=fc_width, dropout=dropout, initializer=initializer,
                 dtype=jnp.dtype(dtype))

@@ -33,7 +33,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sppnet_jax import evaluate, models
 from sppnet_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
-from sppnet_jax.data import augment, pipeline, sources
+from sppnet_jax.config_checks import validate_config
+from sppnet_jax.data import augment, cache, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter
 
 Array = jax.Array
@@ -54,7 +55,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.S
   m = config.model
   return models.create_model(m.name, num_classes=num_classes, spp=m.spp, levels=tuple(m.levels), width=m.width,
                              depth=m.get("depth"), fc_width=m.fc_width, dropout=m.dropout,
-                             initializer=m.initializer, dtype=m.dtype)
+                             initializer=m.initializer, dtype=m.dtype, channels=m.get("channels"))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -85,14 +86,23 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
-  """(state, images, labels, lr, key) -> (state, metrics). A non-finite step leaves the state unchanged."""
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, padded: bool = False) -> Callable:
+  """(state, images, labels, lr, key) -> (state, metrics). A non-finite step leaves the state unchanged.
 
-  def train_step(state: TrainState, images: Array, labels: Array, lr: Array, key: Array):
+  ``padded=True`` (whole-image training): (state, images, valid_hw, labels, lr, key), each
+  zero-padded image taken at its own size ``valid_hw`` (``SPPNet.padded``).
+  """
+
+  def train_step(state: TrainState, images: Array, *args):
+    valid_hw, (labels, lr, key) = (args[0], args[1:]) if padded else (None, args)
     dropout_key = jax.random.fold_in(key, state.step)
 
     def loss_fn(params):
-      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_key})
+      variables, rngs = {"params": params}, {"dropout": dropout_key}
+      if padded:
+        logits = model.apply(variables, images, valid_hw, train=True, rngs=rngs, method=models.SPPNet.padded)
+      else:
+        logits = model.apply(variables, images, train=True, rngs=rngs)
       return cross_entropy(logits, labels), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -110,11 +120,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Calla
   return train_step
 
 
+MODES = ("single", "multi", "random", "full")
+
+
 def size_schedule(config: ml_collections.ConfigDict) -> list[int]:
   """The input size of every epoch: 'single' crop size; 'multi' alternates crop and second size
-  (starting with the crop size); 'random' draws a size from ``random_range`` per epoch."""
+  (starting with the crop size); 'random' draws a size from ``random_range`` per epoch; 'full'
+  (whole images, their short side drawn per example from ``full_short_range``) lists the crop
+  size, which only sets the shape the parameters are initialised at."""
   t, crop = config.train, config.data.crop_size
-  if t.mode == "single":
+  if t.mode in ("single", "full"):
     return [crop] * t.num_epochs
   if t.mode == "multi":
     sizes = (crop, config.data.second_size)
@@ -123,7 +138,7 @@ def size_schedule(config: ml_collections.ConfigDict) -> list[int]:
     lo, hi = t.random_range
     rng = np.random.default_rng([t.seed, 7])
     return [int(s) for s in rng.integers(lo, hi + 1, size=t.num_epochs)]
-  raise ValueError(f"train.mode must be 'single', 'multi' or 'random'; got {t.mode!r}.")
+  raise ValueError(f"train.mode must be one of {MODES}; got {t.mode!r}.")
 
 
 def learning_rate(config: ml_collections.ConfigDict, epoch: int, plateau_drops: int) -> float:
@@ -144,56 +159,90 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
+class CompiledSteps:
+  """The train step compiled ahead of time once per input shape, on first use.
+
+  ``steps[(h, w)]`` is the executable for (batch, h, w, 3) inputs; fixed-size modes compile
+  every size of their schedule up front (``precompile``), 'full' mode compiles each bucket
+  shape the first time a batch of that shape comes (``len(steps)`` is the compile count).
+  """
+
+  def __init__(self, train_step: Callable, state: TrainState, batch_size: int, mesh: Mesh, padded: bool = False):
+    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    inputs = (data, data, data) if padded else (data, data)
+    self._jitted = jax.jit(train_step, in_shardings=(replicated, *inputs, replicated, replicated),
+                           out_shardings=(replicated, replicated), donate_argnums=0)
+    self._state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    self._batch_size, self._padded = batch_size, padded
+    self._compiled: dict[tuple[int, int], Callable] = {}
+
+  def __len__(self) -> int:
+    return len(self._compiled)
+
+  def __getitem__(self, shape: tuple[int, int]) -> Callable:
+    shape = (int(shape[0]), int(shape[1]))
+    if shape not in self._compiled:
+      b = self._batch_size
+      images = jax.ShapeDtypeStruct((b, *shape, 3), jnp.float32)
+      labels = jax.ShapeDtypeStruct((b,), jnp.int32)
+      extra = (jax.ShapeDtypeStruct((b, 2), jnp.int32),) if self._padded else ()
+      scalar = jax.ShapeDtypeStruct((), jnp.float32)
+      key = jax.eval_shape(lambda: jax.random.key(0))
+      self._compiled[shape] = self._jitted.lower(self._state, images, *extra, labels, scalar, key).compile()
+    return self._compiled[shape]
+
+  def precompile(self, sizes: list[int]) -> "CompiledSteps":
+    for size in sorted(set(sizes)):
+      self[(size, size)]
+    return self
+
+
 def compile_steps(train_step: Callable, state: TrainState, sizes: list[int], batch_size: int,
-                  mesh: Mesh) -> dict[int, Callable]:
-  """One ahead-of-time compiled step per distinct input size."""
-  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  jitted = jax.jit(train_step, in_shardings=(replicated, data, data, replicated, replicated),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
-  abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-  compiled = {}
-  for size in sorted(set(sizes)):
-    images = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32)
-    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    compiled[size] = jitted.lower(abstract_state, images, labels, scalar, key).compile()
-  return compiled
+                  mesh: Mesh) -> CompiledSteps:
+  """One ahead-of-time compiled step per distinct (square) input size."""
+  return CompiledSteps(train_step, state, batch_size, mesh).precompile(sizes)
 
 
-def global_batch(batch: dict, mesh: Mesh) -> tuple[Array, Array]:
+def global_batch(batch: dict, mesh: Mesh, names: tuple[str, ...] = ("image", "label")) -> tuple[Array, ...]:
   """Places this process's slice of a host batch on the mesh (every process builds the same global batch)."""
   sharding = NamedSharding(mesh, P("data"))
   n, i = jax.process_count(), jax.process_index()
   arrays = []
-  for name in ("image", "label"):
+  for name in names:
     x = np.asarray(batch[name])
     local = x.shape[0] // n
     arrays.append(jax.make_array_from_process_local_data(sharding, x[i * local:(i + 1) * local], x.shape))
-  return arrays[0], arrays[1]
+  return tuple(arrays)
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after every step."""
+  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks after every step:
+  the run saves its state and stops cleanly. A second Ctrl-C aborts at once."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous: dict = {}
 
   def __enter__(self):
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
     except ValueError:  # not the main thread: no handler, no preemption support
-      self._previous = None
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt("second Ctrl-C: stopped without saving the steps since the last checkpoint.")
     self.requested = True
+    if signum == signal.SIGINT:
+      print("\nCtrl-C: saving a checkpoint and stopping (press Ctrl-C again to abort at once).", flush=True)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) -> np.ndarray | str:
@@ -215,130 +264,229 @@ def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) 
   return mean
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+# Fields that change nothing a run computes; they never make a workdir's config differ.
+LOGGING_FIELDS = ("log_every_steps", "progress_bar")
+# Fields that ``extend=True`` may change in a workdir that holds a run: more epochs, a later drop.
+EXTENDABLE_FIELDS = ("num_epochs", "lr_drop_epochs", "max_lr_drops")
+
+
+def _has_checkpoint(workdir: pathlib.Path) -> bool:
+  directory = workdir / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _config_changes(old: dict, new: dict, extend: bool) -> list[str]:
+  """The dotted fields of ``model``, ``data``, ``train`` and ``variant`` that differ, less the
+  logging fields (and the extendable ones when ``extend``)."""
+  ignored = set(LOGGING_FIELDS) | (set(EXTENDABLE_FIELDS) if extend else set())
+  changed = []
+  for section in ("model", "data", "train", "variant"):
+    a, b = old.get(section), new.get(section)
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+      changed += [] if a == b else [section]
+      continue
+    for key in sorted(set(a) | set(b)):
+      if a.get(key) != b.get(key) and not (section == "train" and key in ignored):
+        changed.append(f"{section}.{key}")
+  return changed
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, extend: bool = False) -> None:
+  """Refuses a config that differs from the run already in ``workdir``; writes nothing.
+
+  A workdir with no checkpoint yet takes any config (a mistake before the first save never
+  locks it). With checkpoints, only the logging fields may differ, and with ``extend`` also
+  ``train.num_epochs``, ``train.lr_drop_epochs`` and ``train.max_lr_drops``.
+  """
   path = workdir / "config.json"
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if path.exists():
-    old, new = json.loads(path.read_text()), json.loads(text)
-    for cfg in (old, new):
-      cfg["train"].pop("progress_bar", None)
-    changed = [k for k in ("model", "data", "train", "variant") if old.get(k) != new.get(k)]
-    if changed:
-      raise ValueError(f"{workdir} holds a run whose {', '.join(changed)} config differs from this one ({path}). "
-                       "Resume it with the same config, or give a new --workdir.")
-  path.write_text(text)
+  if not path.exists() or not _has_checkpoint(workdir):
+    return
+  old = json.loads(path.read_text())
+  new = json.loads(config.to_json_best_effort())
+  changed = _config_changes(old, new, extend)
+  if changed:
+    hint = ("" if extend or set(changed) - {f"train.{k}" for k in EXTENDABLE_FIELDS}
+            else " To train the run further with a longer schedule, pass extend=True (sppnet train --extend).")
+    raise ValueError(f"{workdir} holds a run whose {', '.join(changed)} differ from this config ({path}). Resume it "
+                     f"with the same config, or give a new --workdir.{hint}")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, extend: bool = False) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint) and evaluates the result.
 
-  Returns the final evaluation metrics (also written to ``workdir/eval.json``), or
-  ``{'preempted': True, ...}`` when SIGTERM stopped the run after saving.
+  Everything is checked before anything is written. ``extend=True`` lets a run in
+  ``workdir`` continue under a longer schedule (see :func:`check_workdir_config`).
+  Returns the final evaluation (also in ``workdir/eval.json``), or ``{'preempted': True, ...}``
+  when SIGTERM or Ctrl-C stopped the run after saving.
   """
-  with _Preemption() as preemption:  # installed first: a SIGTERM during set-up still stops cleanly
-    return _run(config, pathlib.Path(workdir), preemption)
+  with _Preemption() as preemption:  # installed first: a signal during set-up still stops cleanly
+    return _run(config, pathlib.Path(workdir), preemption, extend)
 
 
-def config_source(data: ml_collections.ConfigDict, which: str):
-  """The ``which`` ('train' or 'eval') split of the dataset named by a config's ``data`` fields."""
-  sides = data.get("synthetic_short_side")
-  return sources.get_source(data.name, data[f"{which}_split"], data_dir=data.get("data_dir"),
-                            num_examples=data.get(f"num_{which}"), seed=data.seed,
-                            synthetic_short_side=tuple(sides) if sides else None)
+def config_source(data: ml_collections.ConfigDict, which: str, **overrides):
+  """The ``which`` ('train' or 'eval') split of the dataset named by a config's ``data`` fields
+  (:func:`sources.source_from_config`; ``overrides`` replace its keywords).
+
+  With ``data.cache`` the examples are kept in memory once read, one copy per process
+  (``data.cache.shared``): meant for the built-in generated data.
+  """
+  source = sources.source_from_config(data, which, **overrides)
+  return cache.shared(source) if data.get("cache") else source
 
 
-def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption) -> dict:
-  workdir.mkdir(parents=True, exist_ok=True)
-  _write_config(config, workdir)
+def _scalars(metrics: dict) -> dict:
+  return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class _Epoch:
+  """One epoch's batches, their number, and how each batch reaches its compiled step."""
+
+  def __init__(self, config, source, mean, epoch: int, size: int, start_step: int, shapes: np.ndarray | None):
+    t, d = config.train, config.data
+    if t.mode == "full":
+      plan = pipeline.full_epoch_plan(shapes, batch_size=t.batch_size, seed=t.seed, epoch=epoch,
+                                      short_range=tuple(t.full_short_range), bucket=t.full_bucket)
+      self.num_steps = len(plan)
+      self.batches = pipeline.full_train_batches(source, plan, seed=t.seed, epoch=epoch, pca_std=d.pca_std, mean=mean,
+                                                 start_step=start_step)
+      self.names = ("image", "valid_hw", "label")
+    else:
+      self.num_steps = pipeline.steps_per_epoch(source, t.batch_size)
+      self.batches = pipeline.train_batches(
+          source, batch_size=t.batch_size, seed=t.seed, epoch=epoch, crop_size=d.crop_size,
+          resize_to=None if size == d.crop_size else size, short_side=d.short_side, positions=d.positions,
+          pca_std=d.pca_std, mean=mean, start_step=start_step)
+      self.names = ("image", "label")
+
+
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption, extend: bool) -> dict:
   t, d = config.train, config.data
-
+  # Everything that can be refused is checked before anything is written.
+  sizes = size_schedule(config)
+  padded = t.mode == "full"
+  if padded and not config.model.spp:
+    raise ValueError("train.mode='full' feeds whole images of varying sizes, which needs an SPP network "
+                     "(model.spp=True).")
+  validate_config(config)
   train_source = config_source(d, "train")
-  eval_source = config_source(d, "eval")
-  num_classes = sources.num_classes(d.name)
+  class_names = getattr(train_source, "class_names", None)
+  eval_source = config_source(d, "eval", **({"class_names": class_names} if class_names else {}))
+  num_classes = sources.num_classes(d.name, train_split=d.train_split, holdout_fraction=d.get("holdout_fraction"))
   model = build_model(config, num_classes)
   tx = make_optimizer(config)
+  learning_rate(config, 0, 0)
   mesh = make_mesh()
   if t.batch_size % mesh.size:
     raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the {mesh.size} devices.")
-  mean = load_mean(config, train_source, workdir)
-
-  sizes = size_schedule(config)
-  steps_per_epoch = pipeline.steps_per_epoch(train_source, t.batch_size)
-  if steps_per_epoch < 1:
+  if pipeline.steps_per_epoch(train_source, t.batch_size) < 1:
     raise ValueError(f"the training split has fewer than batch_size={t.batch_size} examples.")
+  shapes = pipeline.image_shapes(train_source) if padded else None
+  if padded and not pipeline.full_epoch_plan(shapes, batch_size=t.batch_size, seed=t.seed, epoch=0,
+                                             short_range=tuple(t.full_short_range), bucket=t.full_bucket):
+    raise ValueError(f"train.mode='full': no shape bucket of {t.full_bucket} px fills a batch of {t.batch_size} in an "
+                     "epoch, so there is nothing to train on; raise train.full_bucket, narrow "
+                     "train.full_short_range or lower train.batch_size.")
+  check_workdir_config(config, workdir, extend)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_config(config, workdir)
+  if class_names:
+    sources.save_class_names(workdir, class_names)
+  mean = load_mean(config, train_source, workdir)
   state = init_state(model, tx, d.crop_size, t.seed)
   manager = checkpoint_manager(workdir, t.keep_checkpoints)
-  progress = {"epoch": 0, "step": 0, "global_step": 0, "plateau_drops": 0, "best_error": None, "bad_epochs": 0}
+  progress = {"epoch": 0, "step": 0, "global_step": 0, "plateau_drops": 0, "best_error": None, "bad_epochs": 0,
+              "pending_eval": False}
   if manager.latest_step() is not None:
-    state, progress = restore_checkpoint(manager, state)
+    state, restored = restore_checkpoint(manager, state)
+    progress.update(restored)
     logging.info("resumed from %s at epoch %d, step %d", workdir, progress["epoch"], progress["step"])
   writer = MetricWriter(workdir, drop_after_step=progress["global_step"])
 
+  def validate():
+    val = evaluate.evaluate_params(model, state.params, eval_source, view="crop", config=config, mean=mean)
+    writer.write(progress["global_step"], {f"val/{k}": v for k, v in _scalars(val).items()} |
+                 {"epoch": progress["epoch"]})
+    _update_plateau(config, progress, val["top1_error"])
+    progress["pending_eval"] = False
+
+  def skipped() -> dict:  # images that failed to decode and were stood in for (data.on_bad_image='skip')
+    return {"data/skipped_images": train_source.num_skipped()} if hasattr(train_source, "num_skipped") else {}
+
+  def stop() -> dict:
+    manager.wait_until_finished()
+    writer.close()
+    logging.warning("stop requested: saved step %d to %s.", progress["global_step"], workdir)
+    return {"preempted": True, "global_step": progress["global_step"]}
+
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
-  steps = compile_steps(make_train_step(model, tx), state, sizes[progress["epoch"]:] or sizes[-1:], t.batch_size, mesh)
+  steps = CompiledSteps(make_train_step(model, tx, padded), state, t.batch_size, mesh, padded)
+  if not padded:
+    steps.precompile(sizes[progress["epoch"]:] or sizes[-1:])
   base_key = jax.device_put(jax.random.key(t.seed), replicated)
-  total_steps = t.num_epochs * steps_per_epoch
+  if progress["pending_eval"]:  # the last run saved an epoch and stopped before its validation
+    validate()
 
-  with tqdm.tqdm(total=total_steps, initial=progress["global_step"], unit="step", disable=not t.progress_bar,
+  with tqdm.tqdm(total=t.num_epochs, initial=progress["epoch"], unit="epoch", disable=not t.progress_bar,
                  dynamic_ncols=True) as bar:
     while progress["epoch"] < t.num_epochs:
       epoch, size = progress["epoch"], sizes[progress["epoch"]]
       lr = jnp.float32(learning_rate(config, epoch, progress["plateau_drops"]))
-      batches = pipeline.train_batches(
-          train_source, batch_size=t.batch_size, seed=t.seed, epoch=epoch, crop_size=d.crop_size,
-          resize_to=None if size == d.crop_size else size, short_side=d.short_side, positions=d.positions,
-          pca_std=d.pca_std, mean=mean, start_step=progress["step"])
+      data = _Epoch(config, train_source, mean, epoch, size, progress["step"], shapes)
       finite, window_start, tick = jnp.bool_(True), progress["global_step"], time.perf_counter()
-      for batch in batches:
-        images, labels = global_batch(batch, mesh)
-        state, metrics = steps[size](state, images, labels, lr, base_key)
+      for batch in data.batches:
+        inputs = global_batch(batch, mesh, data.names)
+        state, metrics = steps[inputs[0].shape[1:3]](state, *inputs, lr, base_key)
         finite = finite & metrics["finite"]
         progress["step"] += 1
         progress["global_step"] += 1
-        at_end = progress["step"] == steps_per_epoch
+        at_end = progress["step"] == data.num_steps
         if progress["global_step"] % t.log_every_steps == 0 or at_end or preemption.requested:
           if not bool(finite):
+            last = manager.latest_step()
+            saved = (f"The last good checkpoint in {workdir / 'checkpoints'} is step {last}; rerun to resume from it."
+                     if last is not None else "No checkpoint was saved yet, so the workdir takes a changed config.")
             raise NonFiniteError(
                 f"non-finite loss or gradient between global steps {window_start} and {progress['global_step']} "
-                f"(epoch {epoch}, input {size}, lr {float(lr):g}); the update was skipped and nothing was saved. "
-                f"The last good checkpoint in {workdir / 'checkpoints'} is step {manager.latest_step()}. "
-                "Lower train.learning_rate or check the input data, then rerun to resume.")
+                f"(epoch {epoch}, input {tuple(inputs[0].shape[1:3])}, lr {float(lr):g}); the update was skipped. "
+                f"{saved} Lower train.learning_rate or check the input data.")
           elapsed = time.perf_counter() - tick
           images_per_s = (progress["global_step"] - window_start) * t.batch_size / max(elapsed, 1e-9)
+          h, w = inputs[0].shape[1:3]
           writer.write(progress["global_step"], {
               "train/loss": float(metrics["loss"]), "train/top1_error": float(metrics["top1_error"]),
-              "train/grad_norm": float(metrics["grad_norm"]), "train/lr": float(lr), "train/input_size": size,
-              "train/images_per_s": images_per_s, "epoch": epoch + progress["step"] / steps_per_epoch})
-          bar.set_postfix(epoch=epoch, size=size, loss=f"{float(metrics['loss']):.3f}", img_s=f"{images_per_s:.0f}")
+              "train/grad_norm": float(metrics["grad_norm"]), "train/lr": float(lr), "train/input_h": h,
+              "train/input_w": w, "train/images_per_s": images_per_s, "train/compiled_shapes": len(steps),
+              "epoch": epoch + progress["step"] / max(data.num_steps, 1)} | skipped())
+          bar.set_postfix(step=progress["global_step"], input=f"{h}x{w}", loss=f"{float(metrics['loss']):.3f}",
+                          img_s=f"{images_per_s:.0f}")
           window_start, tick, finite = progress["global_step"], time.perf_counter(), jnp.bool_(True)
-        bar.update(1)
         if at_end:
           break
         if progress["global_step"] % t.checkpoint_every_steps == 0 or preemption.requested:
           save_checkpoint(manager, state, progress)
         if preemption.requested:
-          manager.wait_until_finished()
-          writer.close()
-          logging.warning("SIGTERM: saved step %d to %s and stopped.", progress["global_step"], workdir)
-          return {"preempted": True, "global_step": progress["global_step"]}
+          return stop()
 
-      if (epoch + 1) % t.get("eval_every_epochs", 1) == 0 or epoch + 1 == len(sizes):
-        val = evaluate.evaluate_params(model, state.params, eval_source, view="crop", config=config, mean=mean)
-        writer.write(progress["global_step"], {f"val/{k}": v for k, v in val.items()} | {"epoch": epoch + 1})
-        _update_plateau(config, progress, val["top1_error"])
-      progress.update(epoch=epoch + 1, step=0)
+      # The epoch is saved before it is validated, so a failing evaluation never loses it.
+      due = (epoch + 1) % t.get("eval_every_epochs", 1) == 0 or epoch + 1 == len(sizes)
+      progress.update(epoch=epoch + 1, step=0, pending_eval=due)
       save_checkpoint(manager, state, progress)
+      bar.update(1)
       if preemption.requested:
-        manager.wait_until_finished()
-        writer.close()
-        return {"preempted": True, "global_step": progress["global_step"]}
+        return stop()
+      if due:
+        validate()
 
   manager.wait_until_finished()
-  results = {view: evaluate.evaluate_params(model, state.params, eval_source, view=view, config=config, mean=mean)
-             for view in config.eval.views}
-  (workdir / "eval.json").write_text(json.dumps(results, indent=2))
-  writer.write(progress["global_step"], {f"final/{v}/{k}": x for v, r in results.items() for k, x in r.items()})
+  results = evaluate.evaluate_run(model, state.params, eval_source, config=config, mean=mean, workdir=workdir)
+  writer.write(progress["global_step"], {f"final/{v}/{k}": x for v, r in results.items() if v != "sweep"
+                                         for k, x in _scalars(r).items()})
   writer.close()
   return results
 
@@ -363,7 +511,9 @@ def load_run(workdir: str | os.PathLike):
     raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json); train into it with 'sppnet train'.")
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   d = config.data
-  num_classes = sources.num_classes(d.name)
+  names = sources.load_class_names(workdir)
+  num_classes = len(names) if names else sources.num_classes(
+      d.name, train_split=d.train_split, holdout_fraction=d.get("holdout_fraction"))
   model = build_model(config, num_classes)
   manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
   if manager.latest_step() is None:

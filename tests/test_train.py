@@ -23,11 +23,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TINY_OVERRIDES = """
   c.model.width = 0.0625
+  c.model.channels = None
   c.model.fc_width = 32
   c.data.update(num_train=64, num_eval=32, crop_size=64, short_side=72, second_size=52, mean_samples=16)
   c.train.update(batch_size=16, num_epochs={epochs}, log_every_steps=1, checkpoint_every_steps={ckpt},
-                 lr_drop_epochs=(), optimizer="sgd", learning_rate=0.01, progress_bar=False)
-  c.eval.update(views=("crop",), batch_size=16)
+                 lr_drop_epochs=(), optimizer="sgd", learning_rate=0.01, progress_bar=False, eval_every_epochs=1,
+                 full_short_range=(52, 72), full_bucket=32)
+  if c.train.mode == "full":  # 5-6 filled buckets of 8 per epoch, in 4-5 shapes
+    c.train.batch_size = 8
+  c.eval.update(views=("crop",), batch_size=16, sweep_sizes=())
 """
 
 
@@ -64,7 +68,7 @@ def test_multi_size_trains_with_one_compile_per_size(tmp_path):
   steps = {name: n for name, n in compiles.items() if "train_step" in name}
   assert sum(steps.values()) == 2, compiles  # 64 and 52, each compiled once for the whole run
   records = read_metrics(tmp_path)
-  sizes = [r["train/input_size"] for r in records if "train/input_size" in r]
+  sizes = [r["train/input_h"] for r in records if "train/input_h" in r]
   assert sizes[:4] == [64] * 4 and sizes[4:8] == [52] * 4 and sizes[8:12] == [64] * 4
   losses = [r["train/loss"] for r in records if "train/loss" in r]
   assert np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
@@ -79,22 +83,36 @@ def test_size_schedules():
   sizes = train.size_schedule(c)
   assert all(90 <= s <= 112 for s in sizes) and sizes == train.size_schedule(c)
   c.train.mode = "sideways"
-  with pytest.raises(ValueError, match="single', 'multi' or 'random'"):
+  with pytest.raises(ValueError, match=r"one of \('single', 'multi', 'random', 'full'\); got 'sideways'"):
     train.size_schedule(c)
 
 
 def test_learning_rate_schedules():
-  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 10
-  assert [train.learning_rate(c, e, 0) for e in (0, 9, 10, 11)] == pytest.approx([3e-4, 3e-4, 3e-5, 3e-5])
+  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 18
+  assert [train.learning_rate(c, e, 0) for e in (0, 17, 18, 23)] == pytest.approx([3e-4, 3e-4, 3e-5, 3e-5])
   c.train.lr_schedule = "plateau"
   with pytest.raises(ValueError, match="eval_every_epochs=1"):
-    train.learning_rate(c, 0, 0)  # the synthetic configs validate every 3 epochs
+    train.learning_rate(c, 0, 0)  # the synthetic configs validate every 4 epochs
   c.train.eval_every_epochs = 1
   assert train.learning_rate(c, 5, 2) == pytest.approx(3e-6)
 
 
-def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path):
-  config_file = write_config_file(tmp_path / "tiny.py", "multi", epochs=3, ckpt=1)
+def test_full_mode_compiles_once_per_bucket_shape(tmp_path):
+  config = tiny_config("full", epochs=3)
+  with count_compiles() as compiles:
+    train.train_and_evaluate(config, tmp_path)
+  records = [r for r in read_metrics(tmp_path) if "train/input_h" in r]
+  shapes = {(r["train/input_h"], r["train/input_w"]) for r in records}
+  assert [r["step"] for r in records] == list(range(1, len(records) + 1))  # every step's shape is logged
+  assert len(records) >= 3 * 5 and len(shapes) > 1, shapes
+  assert all(h % 32 == 0 and w % 32 == 0 for h, w in shapes), shapes
+  steps = sum(n for name, n in compiles.items() if "train_step" in name)
+  assert steps == len(shapes), (compiles, shapes)  # one compile per bucket shape for the whole run
+
+
+@pytest.mark.parametrize("mode", ["multi", "full"])
+def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path, mode):
+  config_file = write_config_file(tmp_path / "tiny.py", mode, epochs=3, ckpt=1)
   reference = tmp_path / "reference"
   assert run_cli(["train", f"--config={config_file}", f"--workdir={reference}"]).wait(300) == 0
 
@@ -171,12 +189,12 @@ def test_changed_config_in_an_existing_workdir_is_refused(tmp_path):
   config = tiny_config("single", epochs=1)
   train.train_and_evaluate(config, tmp_path)
   config.model.fc_width = 64
-  with pytest.raises(ValueError, match="model config differs"):
+  with pytest.raises(ValueError, match="model.fc_width differ"):
     train.train_and_evaluate(config, tmp_path)
 
 
 def test_unknown_input_normalisation_is_refused(tmp_path):
   config = tiny_config("single", epochs=1)
   config.data.normalize = "zscore"
-  with pytest.raises(ValueError, match="data.normalize must be 'mean_image'"):
+  with pytest.raises(ValueError, match="data.normalize='zscore' is not allowed"):
     train.train_and_evaluate(config, tmp_path)

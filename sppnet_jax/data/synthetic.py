@@ -421,29 +421,37 @@ class SyntheticClassification:
     min_side, max_side: range of the image's short side in pixels.
     clutter: maximum number of small distractor marks per image (0 disables).
 
+    object_size: (min, max) of the object's extent as a fraction of the short
+      side, log-uniform in between; default (0.22, 0.9), so within a class
+      object sizes vary by over 4x. Train and evaluation splits can differ
+      (a scale-shift experiment: train on a narrow band, test on a wide one).
+
   Image width/height ratios are log-uniform in [3/4, 16/9] (portrait and
-  landscape). The object's extent is log-uniform in [0.22, 0.9] of the short
-  side, so within a class object sizes vary by over 4x, and its centre lies in
-  the middle 40% of each side, so the centre and corner training crops keep it
-  in view. Objects are upright within +-22.5 degrees and stretched by at most
-  4:3, as photographed objects mostly are.
+  landscape). The object's centre lies in the middle 40% of each side, so the
+  centre and corner training crops keep it in view. Objects are upright within
+  +-22.5 degrees and stretched by at most 4:3, as photographed objects mostly are.
   """
 
-  min_rel_size: float = 0.22
-  max_rel_size: float = 0.9
+  DEFAULT_OBJECT_SIZE: tuple[float, float] = (0.22, 0.9)
   centre_spread: float = 0.4
   max_angle: float = np.pi / 8
   max_stretch: float = 4 / 3
 
   def __init__(self, split: str, num_examples: int, seed: int = 0, min_side: int = 160,
-               max_side: int = 320, clutter: int = 6):
+               max_side: int = 320, clutter: int = 6,
+               object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE):
     _check_size_args(num_examples, seed)
     _split_code(split)
     if not 16 <= min_side <= max_side:
       raise ValueError(
         f'need 16 <= min_side <= max_side, got min_side={min_side}, max_side={max_side}')
+    low, high = (float(x) for x in object_size)
+    if not 0.05 <= low <= high <= 0.98:
+      raise ValueError(f'object_size must be (min, max) fractions of the short side with '
+                       f'0.05 <= min <= max <= 0.98, got {tuple(object_size)}')
     self.split, self.num_examples, self.seed = split, int(num_examples), int(seed)
     self.min_side, self.max_side, self.clutter = int(min_side), int(max_side), int(clutter)
+    self.min_rel_size, self.max_rel_size = low, high
 
   @property
   def num_classes(self) -> int:
@@ -454,19 +462,29 @@ class SyntheticClassification:
 
   def __repr__(self) -> str:
     return (f'SyntheticClassification(split={self.split!r}, num_examples={self.num_examples}, '
-            f'seed={self.seed}, min_side={self.min_side}, max_side={self.max_side})')
+            f'seed={self.seed}, min_side={self.min_side}, max_side={self.max_side}, '
+            f'clutter={self.clutter}, object_size=({self.min_rel_size:g}, {self.max_rel_size:g}))')
 
-  def render(self, index: int) -> tuple[np.ndarray, SceneObject]:
-    """The image of example ``index`` and its object (class and tight box)."""
+  def _draw_layout(self, index: int) -> tuple[np.random.Generator, int, int, int]:
+    """The example's generator after its first draws, with its label and image (h, w)."""
     i = _check_index(index, self.num_examples)
     rng = _example_rng(self.seed, self.split, i)
     label = int(rng.integers(len(CLASS_NAMES)))
     short = int(rng.integers(self.min_side, self.max_side + 1))
     ratio = float(np.exp(rng.uniform(np.log(3 / 4), np.log(16 / 9))))  # width / height
     if ratio >= 1:
-      h, w = short, int(round(short * ratio))
-    else:
-      h, w = int(round(short / ratio)), short
+      return rng, label, short, int(round(short * ratio))
+    return rng, label, int(round(short / ratio)), short
+
+  def image_shape(self, index: int) -> tuple[int, int]:
+    """(h, w) of example ``index`` without rendering it."""
+    _, _, h, w = self._draw_layout(index)
+    return h, w
+
+  def render(self, index: int) -> tuple[np.ndarray, SceneObject]:
+    """The image of example ``index`` and its object (class and tight box)."""
+    rng, label, h, w = self._draw_layout(index)
+    short = min(h, w)
     image, objects = render_scene(
       rng, h, w, [label], min_size=self.min_rel_size * short,
       max_size=self.max_rel_size * short, clutter=int(rng.integers(0, self.clutter + 1)),
