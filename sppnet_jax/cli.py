@@ -1,10 +1,10 @@
 """The ``sppnet`` command: thin wrappers over the library's functions.
 
   sppnet train      --config experiments/X.py --workdir DIR [--config.field=value ...] [--extend]
-  sppnet evaluate   --workdir DIR --views crop,full,ten,multiview
+  sppnet evaluate   --workdir DIR --views crop,full,ten,multiview [--sweep]
   sppnet report     DIR [DIR ...] --out report.md
   sppnet summary    --model zf5 --size 224 [--nospp]
-  sppnet ablation   --workdir DIR    (the scale ablation on the built-in data; prints the table)
+  sppnet ablation   --workdir DIR [--seeds N] [--noshift]   (the scale ablation on the built-in data)
   sppnet detect     --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
   sppnet detect     --workdir DIR --image PATH [--out detections.png] [--top_k 10] [--score_threshold S]
   sppnet bench      [--out DIR] [--quick] [--[no]torch_compile]
@@ -34,6 +34,10 @@ flags.DEFINE_bool("extend", False, "train: let a run in --workdir continue under
                   "(train.num_epochs, train.lr_drop_epochs, train.max_lr_drops may grow).")
 flags.DEFINE_list("views", None, "Test views for evaluate: crop, full, ten, multiview (default: the run's "
                   "eval.views).")
+flags.DEFINE_bool("sweep", False, "evaluate: also run the test-size sweep (eval.sweep_views at eval.sweep_sizes).")
+flags.DEFINE_integer("seeds", 1, "ablation: training seeds per variant (more than 1: mean ± std and a t-test "
+                     "across seeds).", lower_bound=1)
+flags.DEFINE_bool("shift", True, "ablation: also run the scale-shift experiment (narrow training band).")
 flags.DEFINE_string("out", None, "Output path (report: report.md; detect --image: detections.png) or directory "
                     "(bench: benchmarks/results).")
 flags.DEFINE_string("model", "zf5", "Network for summary: zf5, convnet5, overfeat5, overfeat7.")
@@ -83,10 +87,13 @@ def _train(args) -> None:
 
 def _evaluate(args) -> None:
   from sppnet_jax import evaluate, train
-  config, model, params, mean = train.load_run(_require("workdir"))
-  views = FLAGS.views or list(config.eval.views)
-  source = train.config_source(config.data, "eval")
-  results = {v: evaluate.evaluate_params(model, params, source, view=v, config=config, mean=mean) for v in views}
+  from sppnet_jax.data import sources
+  workdir = _require("workdir")
+  config, model, params, mean = train.load_run(workdir)
+  names = sources.load_class_names(workdir)
+  source = train.config_source(config.data, "eval", **({"class_names": names} if names else {}))
+  results = evaluate.evaluate_run(model, params, source, config=config, mean=mean, workdir=workdir,
+                                  view_names=FLAGS.views, sweep=FLAGS.sweep)
   print(json.dumps(results, indent=2))
 
 
@@ -104,7 +111,7 @@ def _summary(args) -> None:
 
 def _ablation(args) -> None:
   from sppnet_jax import ablation
-  print(ablation.run_scale_ablation(FLAGS.workdir or "runs/scale_ablation"))
+  print(ablation.run_scale_ablation(FLAGS.workdir or "runs/scale_ablation", seeds=FLAGS.seeds, shift=FLAGS.shift))
 
 
 def _detect(args) -> None:
@@ -147,16 +154,17 @@ COMMANDS: dict[str, Command] = {
     "train": Command(_train, "sppnet train --config experiments/X.py --workdir DIR [--config.FIELD=VALUE ...] "
                      "[--extend]", "Trains (or resumes) a classification run in DIR, then evaluates it.",
                      ("config", "workdir", "extend")),
-    "evaluate": Command(_evaluate, "sppnet evaluate --workdir DIR [--views crop,full,ten,multiview]",
-                        "Evaluates the latest checkpoint of a training run under the given test views.",
-                        ("workdir", "views")),
+    "evaluate": Command(_evaluate, "sppnet evaluate --workdir DIR [--views crop,full,ten,multiview] [--sweep]",
+                        "Evaluates the latest checkpoint of a training run under the given test views and "
+                        "merges the results into DIR/eval.json.", ("workdir", "views", "sweep")),
     "report": Command(_report, "sppnet report DIR [DIR ...] [--out report.md]",
                       "Writes a report (tables beside the paper's numbers, training curves) of runs.", ("out",)),
     "summary": Command(_summary, "sppnet summary [--model zf5] [--size 224] [--nospp]",
                        "Prints a network's layers with their output shapes and parameter counts.",
                        ("model", "size", "nospp")),
-    "ablation": Command(_ablation, "sppnet ablation [--workdir runs/scale_ablation]",
-                        "Runs the scale ablation on the built-in data and prints its table.", ("workdir",)),
+    "ablation": Command(_ablation, "sppnet ablation [--workdir runs/scale_ablation] [--seeds N] [--noshift]",
+                        "Runs the scale ablation on the built-in data and prints its report.",
+                        ("workdir", "seeds", "shift")),
     "detect": Command(_detect, "sppnet detect --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR\n"
                       "       sppnet detect --workdir DIR --image PATH [--out detections.png] [--top_k 10] "
                       "[--score_threshold S]",

@@ -10,7 +10,8 @@ import numpy as np
 from sppnet_jax import configs
 from sppnet_jax.metrics_io import read_metrics
 
-VARIANT_NAMES = {"nospp": "no SPP", "single": "SPP single-size", "multi": "SPP multi-size", "random": "SPP random-size"}
+VARIANT_NAMES = {"nospp": "no SPP", "single": "SPP single-size", "multi": "SPP multi-size", "random": "SPP random-size",
+                 "full": "SPP whole-image"}
 
 
 def load_runs(workdirs: list[str]) -> list[dict]:
@@ -42,18 +43,56 @@ def _paper(run: dict, view: str) -> tuple:
   return (None, None)
 
 
+def with_interval(result: dict, metric: str = "top1") -> str:
+  """``34.2 [32.8, 35.6]``: an error with its 95 % interval, when the result has one."""
+  value = _fmt(result.get(f"{metric}_error"))
+  interval = result.get(f"{metric}_interval")
+  return f"{value} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else value
+
+
 def results_table(runs: list[dict]) -> str:
-  """One row per (run, view): the run's top-1/top-5 error and the paper's for the same model, variant and view."""
-  lines = ["| run | model | variant | levels | view | top-1 err % | top-5 err % | paper top-1 | paper top-5 |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  """One row per (run, view): the run's top-1/top-5 error (95 % interval) and the paper's for the
+  same model, variant and view."""
+  lines = ["| run | model | variant | levels | view | top-1 err % [95 % CI] | top-5 err % [95 % CI] | images "
+           "| paper top-1 | paper top-5 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for run in runs:
     c = run["config"]
     levels = "–" if not c["model"]["spp"] else "{" + ",".join(map(str, c["model"]["levels"])) + "}"
     for view, r in run["results"].items():
+      if view == "sweep":
+        continue
       p1, p5 = _paper(run, view)
       lines.append(f"| {run['workdir'].name} | {c['model']['name']} | {VARIANT_NAMES.get(c['variant'], c['variant'])} "
-                   f"| {levels} | {view} | {_fmt(r['top1_error'])} | {_fmt(r['top5_error'])} | {_fmt(p1)} | {_fmt(p5)} |")
+                   f"| {levels} | {view}{' (warped)' if r.get('warped') else ''} | {with_interval(r, 'top1')} "
+                   f"| {with_interval(r, 'top5')} | {r.get('num_examples', '–')} | {_fmt(p1)} | {_fmt(p5)} |")
   return "\n".join(lines)
+
+
+def convergence(run: dict) -> dict | None:
+  """How much the validation error still fell in the last third of training.
+
+  ``drop``: the crop-view top-1 validation error at the last evaluation at or before 2/3 of
+  the epochs minus the final one; ``half_width``: the half-width of the final error's 95 %
+  interval. The curve counts as flat when ``drop < half_width``. None without a curve.
+  """
+  from sppnet_jax import stats
+
+  val = [m for m in run["metrics"] if "val/top1_error" in m]
+  if len(val) < 2:
+    return None
+  epochs = run["config"]["train"]["num_epochs"]
+  final = val[-1]
+  earlier = [m for m in val if m["epoch"] <= 2 * epochs / 3]
+  if not earlier:
+    return None
+  n = int(final.get("val/num_examples", 0))
+  errors = int(round(final["val/top1_error"] * n / 100))
+  low, high = stats.wilson_interval(errors, n)
+  drop = earlier[-1]["val/top1_error"] - final["val/top1_error"]
+  half_width = (high - low) / 2
+  return {"from_epoch": earlier[-1]["epoch"], "to_epoch": final["epoch"], "drop": drop, "half_width": half_width,
+          "flat": drop < half_width}
 
 
 def plot_curves(runs: list[dict], path: pathlib.Path) -> None:
@@ -94,3 +133,52 @@ def write_report(workdirs: list[str], out: str) -> str:
       "", results_table(runs), "", f"![training curves]({plot_path.name})", ""])
   out_path.write_text(text)
   return text
+
+
+def sweep_table(runs: list[dict]) -> str:
+  """Top-1 error [95 % interval] of every run at every test size of its sweep, per view."""
+  sizes = sorted({int(size) for run in runs for by_size in run["results"].get("sweep", {}).values() for size in by_size})
+  if not sizes:
+    return ""
+  lines = ["| run | view | " + " | ".join(f"{s}" for s in sizes) + " |", "|---|---|" + "---|" * len(sizes)]
+  for run in runs:
+    for view, by_size in run["results"].get("sweep", {}).items():
+      warped = any(r.get("warped") for r in by_size.values())
+      cells = [with_interval(by_size[str(s)]) if str(s) in by_size else "–" for s in sizes]
+      lines.append(f"| {run['workdir'].name} | {view}{' (warped)' if warped else ''} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot_sweep(runs: list[dict], path: pathlib.Path, title: str = "") -> bool:
+  """Top-1 error against test size with 95 % intervals, one curve per run, a panel per view.
+  No-SPP runs (warped to their training size) are dashed. Returns False when no run has a sweep."""
+  views = sorted({view for run in runs for view in run["results"].get("sweep", {})})
+  if not views:
+    return False
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(views), figsize=(5.5 * len(views), 4.2), squeeze=False)
+  for ax, view in zip(axes[0], views):
+    for run in runs:
+      by_size = run["results"].get("sweep", {}).get(view)
+      if not by_size:
+        continue
+      sizes = sorted(by_size, key=int)
+      err = np.array([by_size[s]["top1_error"] for s in sizes])
+      low = np.array([by_size[s]["top1_interval"][0] for s in sizes])
+      high = np.array([by_size[s]["top1_interval"][1] for s in sizes])
+      warped = any(by_size[s].get("warped") for s in sizes)
+      label = run["workdir"].name + (" (warped)" if warped else "")
+      ax.errorbar([int(s) for s in sizes], err, yerr=[err - low, high - err], capsize=3, marker="o", markersize=3,
+                  linestyle="--" if warped else "-", label=label)
+    train_size = runs[0]["config"]["data"]["crop_size"]
+    ax.axvline(train_size, color="grey", linewidth=0.8, linestyle=":")
+    ax.set(xlabel="test size (crop edge, px; the image scales with it)", ylabel="top-1 error %",
+           title=f"{title}{view} view")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True

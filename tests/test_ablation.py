@@ -1,0 +1,76 @@
+"""The test-size sweep and the ablation report on tiny networks trained for real."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sppnet_jax import ablation, evaluate, stats, train
+
+from test_train import tiny_config
+
+SWEEP = (48, 64, 80)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A no-SPP and an SPP single-size run, each swept over three test sizes on 16 images."""
+  root = tmp_path_factory.mktemp("ablation")
+  for variant in ("nospp", "single"):
+    config = tiny_config(variant, epochs=1)
+    config.eval.update(views=("crop", "full"), sweep_sizes=SWEEP, sweep_views=("crop", "full"), sweep_examples=16)
+    train.train_and_evaluate(config, root / variant)
+  return root
+
+
+def test_sweep_records_every_view_at_every_size(runs):
+  for variant in ("nospp", "single"):
+    result = json.loads((runs / variant / evaluate.EVAL_FILE).read_text())
+    assert result["crop"]["num_examples"] == 32
+    for view in ("crop", "full"):
+      by_size = result["sweep"][view]
+      assert sorted(by_size, key=int) == [str(s) for s in SWEEP]
+      for size, r in by_size.items():
+        assert r["num_examples"] == 16
+        low, high = r["top1_interval"]
+        assert low <= r["top1_error"] <= high
+        # A no-SPP network takes only its own size: everything else is warped, and says so.
+        expect_warped = variant == "nospp" and (view == "full" or int(size) != 64)
+        assert r.get("warped", False) == expect_warped, (variant, view, size)
+
+
+def test_sweep_at_the_training_size_agrees_with_the_main_view(runs):
+  # The sweep's subset is the first 16 examples; at the training size its crop mistakes must
+  # be those of the full evaluation's crop view on the same examples.
+  for view in ("crop", "full"):
+    index, wrong = evaluate.load_mistakes(runs / "single", evaluate.record_key(view, 64))
+    sweep_index, sweep_wrong = evaluate.load_mistakes(runs / "single", evaluate.record_key(view, 64, sweep=True))
+    np.testing.assert_array_equal(sweep_index, np.arange(16))
+    np.testing.assert_array_equal(sweep_wrong, wrong[:16])
+
+
+def test_paired_comparison_reads_the_same_examples(runs):
+  key = evaluate.record_key("full", 64)
+  diff = evaluate.paired(runs / "single", runs / "nospp", key)
+  _, wrong_single = evaluate.load_mistakes(runs / "single", key)
+  _, wrong_nospp = evaluate.load_mistakes(runs / "nospp", key)
+  assert diff.difference == pytest.approx(100 * (wrong_single.mean() - wrong_nospp.mean()))
+  assert diff.p_value == stats.mcnemar_exact(int((wrong_single & ~wrong_nospp).sum()),
+                                             int((~wrong_single & wrong_nospp).sum()))
+  with pytest.raises(KeyError, match="no record 'crop@999'"):
+    evaluate.paired(runs / "single", runs / "nospp", "crop@999")
+
+
+def test_ablation_report_generates_its_verdicts_and_figures(runs):
+  text = ablation.write_ablation_report(runs)
+  verdicts = [line for line in text.splitlines() if line.startswith("- SPP single − no SPP")]
+  assert len(verdicts) == 2  # crop and full view
+  key = evaluate.record_key("full", 64)
+  expected = stats.verdict("SPP single − no SPP, full view, top-1", evaluate.paired(runs / "single", runs / "nospp", key))
+  assert "- " + expected in verdicts
+  assert "[" in text.split("| nospp")[1].splitlines()[0]  # table cells carry intervals
+  for figure in ("curves.png", "sweep.png"):
+    assert (runs / figure).stat().st_size > 0
+  assert (runs / "report.md").read_text() == text
