@@ -158,6 +158,9 @@ def run_scale_ablation(workdir: str | pathlib.Path, seeds: int = 1, shift: bool 
   seconds = {}
   for name, config in ablation_configs(seeds, shift).items():
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir / name)
+    result = train.train_and_evaluate(config, workdir / name)
+    if result.get("preempted"):
+      return (f"Stopped during run {name!r} (saved at step {result['global_step']}); rerun the same command to "
+              "resume.\n")
     seconds[name] = time.perf_counter() - start
   return write_ablation_report(workdir, seeds, seconds) + f"\nReport: {workdir / 'report.md'}\n"

@@ -1,7 +1,7 @@
 """The ``sppnet`` command: thin wrappers over the library's functions.
 
   sppnet train      --config experiments/X.py --workdir DIR [--config.field=value ...] [--extend]
-  sppnet evaluate   --workdir DIR --views crop,full,ten,multiview [--sweep]
+  sppnet evaluate   --workdir DIR --views crop,full,ten,multiview [--sweep] [--config.eval.FIELD=VALUE ...]
   sppnet report     DIR [DIR ...] --out report.md
   sppnet summary    --model zf5 --size 224 [--nospp]
   sppnet ablation   --workdir DIR [--seeds N] [--noshift]   (the scale ablation on the built-in data)
@@ -85,11 +85,34 @@ def _train(args) -> None:
   print(json.dumps(train.train_and_evaluate(config, workdir, **kwargs), indent=2))
 
 
+def _apply_eval_overrides(config, overrides: Sequence[str]) -> None:
+  """Sets ``--config.eval.FIELD=VALUE`` items on a run's config (only ``eval.*`` may change
+  after training); values are Python literals, anything else is taken as a string."""
+  from sppnet_jax import config_checks
+  for item in overrides:
+    name, sep, text = item[len("--config."):].partition("=")
+    section, _, field = name.partition(".")
+    if not sep or section != "eval" or not field or "." in field:
+      raise app.UsageError(f"{item}: evaluate takes only --config.eval.FIELD=VALUE (the model, data and training "
+                           "of a trained run are fixed).")
+    if field not in config.eval:
+      raise app.UsageError(f"{item}: the config has no field eval.{field}; it has {', '.join(sorted(config.eval))}.")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    if isinstance(value, list):
+      value = tuple(value)
+    config.eval[field] = value
+  config_checks.validate_config(config)
+
+
 def _evaluate(args) -> None:
   from sppnet_jax import evaluate, train
   from sppnet_jax.data import sources
   workdir = _require("workdir")
   config, model, params, mean = train.load_run(workdir)
+  _apply_eval_overrides(config, args)
   names = sources.load_class_names(workdir)
   source = train.config_source(config.data, "eval", **({"class_names": names} if names else {}))
   results = evaluate.evaluate_run(model, params, source, config=config, mean=mean, workdir=workdir,
@@ -154,7 +177,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command(_train, "sppnet train --config experiments/X.py --workdir DIR [--config.FIELD=VALUE ...] "
                      "[--extend]", "Trains (or resumes) a classification run in DIR, then evaluates it.",
                      ("config", "workdir", "extend")),
-    "evaluate": Command(_evaluate, "sppnet evaluate --workdir DIR [--views crop,full,ten,multiview] [--sweep]",
+    "evaluate": Command(_evaluate, "sppnet evaluate --workdir DIR [--views crop,full,ten,multiview] [--sweep] "
+                        "[--config.eval.FIELD=VALUE ...]",
                         "Evaluates the latest checkpoint of a training run under the given test views and "
                         "merges the results into DIR/eval.json.", ("workdir", "views", "sweep")),
     "report": Command(_report, "sppnet report DIR [DIR ...] [--out report.md]",
@@ -271,8 +295,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(command_help(command))
     sys.exit(0)
   show_traceback = _show_traceback(argv)
+  # evaluate takes --config.eval.FIELD=VALUE with no --config file: they reach it as arguments.
+  overrides = [a for a in argv[1:] if a.startswith("--config.")] if command == "evaluate" else []
+  argv = [a for a in argv if a not in overrides]
   try:
-    args = _parse(command, argv)
+    args = _parse(command, argv) + overrides
     logging.use_absl_handler()
     logging.set_verbosity(logging.WARNING)
     status = COMMANDS[command].handler(args)

@@ -20,7 +20,9 @@ paper's and at other sizes the objects are scaled by ``size / crop_size``:
                  image and its flip go through the trunk once and crop-size windows at the
                  centre, corners and edge midpoints are pooled from the maps (18 per scale,
                  duplicates dropped), plus the two full views at the training short side;
-                 softmax averaged.
+                 softmax averaged. Each pass pads its images into two fixed shapes per scale
+                 (:func:`canvases`, long side up to ``eval.multiview_max_aspect`` times the
+                 short side), so the whole protocol compiles a fixed number of times.
 
 A no-SPP network takes only ``crop_size`` inputs: its ``crop``/``ten`` inputs of another
 size and its ``full`` input are warped (resized, aspect not kept) to ``crop_size`` on the
@@ -36,6 +38,7 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from sppnet_jax import models, ops
 from sppnet_jax.data import augment, pipeline
@@ -52,6 +55,8 @@ class ViewSpec:
   batch_size: int = 64
   bucket: int = 32
   multiview_scales: tuple[int, ...] = ()
+  max_aspect: float = 2.0
+  progress: bool = False
 
   @property
   def test_short_side(self) -> int:
@@ -62,7 +67,8 @@ def spec_from_config(config, mean, size: int | None = None) -> ViewSpec:
   d, e = config.data, config.eval
   return ViewSpec(crop_size=d.crop_size, short_side=d.short_side, size=d.crop_size if size is None else int(size),
                   mean=mean, batch_size=e.batch_size, bucket=e.bucket,
-                  multiview_scales=tuple(e.get("multiview_scales", ())))
+                  multiview_scales=tuple(e.get("multiview_scales", ())),
+                  max_aspect=float(e.get("multiview_max_aspect", 2.0)), progress=bool(e.get("progress_bar", False)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +242,14 @@ def _window_probs_sum(model: models.SPPNet, params, images, valid_hw, windows, k
   return total
 
 
+def canvases(short: int, bucket: int, max_aspect: float) -> tuple[tuple[int, int], tuple[int, int]]:
+  """The two fixed batch shapes of a whole-image pass at short side ``short``: landscape and
+  portrait, the long side room for ``max_aspect`` (rounded up to ``bucket``)."""
+  side = -(-short // bucket) * bucket
+  long = -(-int(np.ceil(short * max_aspect)) // bucket) * bucket
+  return (side, long), (long, side)
+
+
 def _run_multiview(view: View, model, params, source, spec: ViewSpec) -> Predictions:
   if model.levels is None:
     raise ValueError("the multiview protocol pools windows from feature maps, which needs an SPP network.")
@@ -255,19 +269,29 @@ def _run_multiview(view: View, model, params, source, spec: ViewSpec) -> Predict
     np.add.at(views, index, count[m])
     labels[index] = batch["label"][m]
 
-  for scale in spec.multiview_scales:
-    for batch in pipeline.eval_batches(source, prepare=functools.partial(_prepare_full_at, short=scale, mean=spec.mean),
-                                       batch_size=spec.batch_size, bucket=spec.bucket):
-      windows, keep = window_grid(batch["valid_hw"], spec.crop_size)
-      keep &= np.asarray(batch["mask"])[:, None]
-      total = _window_probs_sum(model, params, jnp.asarray(batch["image"]), jnp.asarray(batch["valid_hw"]),
-                                jnp.asarray(windows), jnp.asarray(keep))
-      add(batch, total, 2 * keep.sum(1))
-  for batch in _batches(full, source, spec):
-    images, hw = jnp.asarray(batch["image"]), jnp.asarray(batch["valid_hw"])
-    both = (_full_probs(model, params, images, hw, spec.crop_size)
-            + _full_probs(model, params, _flip_valid(images, hw), hw, spec.crop_size))
-    add(batch, both, np.full(len(batch["mask"]), 2))
+  bar = tqdm.tqdm(total=n * (len(spec.multiview_scales) + 1), unit="img", desc="multiview", disable=not spec.progress,
+                  dynamic_ncols=True)
+  with bar:
+    for scale in spec.multiview_scales:
+      # Two fixed shapes per scale (landscape, portrait): one compile each, whatever the images.
+      for batch in pipeline.eval_batches(source, prepare=functools.partial(_prepare_full_at, short=scale,
+                                                                           mean=spec.mean),
+                                         batch_size=spec.batch_size, bucket=spec.bucket,
+                                         canvases=canvases(scale, spec.bucket, spec.max_aspect)):
+        windows, keep = window_grid(batch["valid_hw"], spec.crop_size)
+        keep &= np.asarray(batch["mask"])[:, None]
+        total = _window_probs_sum(model, params, jnp.asarray(batch["image"]), jnp.asarray(batch["valid_hw"]),
+                                  jnp.asarray(windows), jnp.asarray(keep))
+        add(batch, total, 2 * keep.sum(1))
+        bar.update(int(np.sum(batch["mask"])))
+    for batch in pipeline.eval_batches(source, prepare=functools.partial(full.prepare, spec=spec),
+                                       batch_size=spec.batch_size, bucket=spec.bucket,
+                                       canvases=canvases(spec.test_short_side, spec.bucket, spec.max_aspect)):
+      images, hw = jnp.asarray(batch["image"]), jnp.asarray(batch["valid_hw"])
+      both = (_full_probs(model, params, images, hw, spec.crop_size)
+              + _full_probs(model, params, _flip_valid(images, hw), hw, spec.crop_size))
+      add(batch, both, np.full(len(batch["mask"]), 2))
+      bar.update(int(np.sum(batch["mask"])))
   seen = views > 0
   return Predictions(np.flatnonzero(seen).astype(np.int32), labels[seen], probs[seen] / views[seen, None])
 

@@ -37,6 +37,28 @@ def _one_error_line(proc: subprocess.CompletedProcess, command: str) -> str:
 
 # --- errors ---------------------------------------------------------------------------------------
 
+def test_evaluate_takes_eval_overrides_only():
+  from absl import app
+
+  from sppnet_jax import cli, configs
+  config = configs.synthetic("single")
+  cli._apply_eval_overrides(config, ["--config.eval.batch_size=16", "--config.eval.views=('crop','multiview')",
+                                     "--config.eval.multiview_scales=[112,128]"])
+  assert config.eval.batch_size == 16 and tuple(config.eval.views) == ("crop", "multiview")
+  assert tuple(config.eval.multiview_scales) == (112, 128)
+  with pytest.raises(app.UsageError, match="only --config.eval.FIELD=VALUE"):
+    cli._apply_eval_overrides(config, ["--config.model.width=2"])
+  with pytest.raises(app.UsageError, match="no field eval.bach_size"):
+    cli._apply_eval_overrides(config, ["--config.eval.bach_size=8"])
+  with pytest.raises(ValueError, match="eval.batch_size=0"):
+    cli._apply_eval_overrides(config, ["--config.eval.batch_size=0"])
+
+
+def test_evaluate_of_a_missing_workdir_is_one_line(tmp_path):
+  line = _one_error_line(sppnet("evaluate", f"--workdir={tmp_path / 'none'}", "--config.eval.batch_size=8"),
+                         "evaluate")
+  assert "not a training workdir" in line
+
 def test_a_misspelt_override_shows_the_did_you_mean_hint(tmp_path):
   proc = sppnet("train", f"--config={SYNTHETIC}", "--config.train.learning_rat=0.1", f"--workdir={tmp_path / 'w'}")
   line = _one_error_line(proc, "train")

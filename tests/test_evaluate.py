@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sppnet_jax import configs, evaluate, models, views
+from sppnet_jax.compile_count import count_compiles
 from sppnet_jax.data import sources
 
 
@@ -78,3 +79,20 @@ def test_unknown_view_is_refused(net):
   model, params = net
   with pytest.raises(ValueError, match="unknown view"):
     evaluate.evaluate_params(model, params, [], view="eleven", config=configs.synthetic("single"), mean=0.0)
+
+
+def test_multiview_compiles_once_per_fixed_canvas(net):
+  model, params = net
+  config = configs.synthetic("single")
+  config.data.update(crop_size=64, short_side=72)
+  config.eval.update(batch_size=4, multiview_scales=(64, 80, 96), multiview_max_aspect=16 / 9)
+  source = sources.get_source("synthetic", "validation", num_examples=12)  # aspects from 3:4 to 16:9
+  shapes = {tuple(source.image_shape(i)) for i in range(12)}
+  assert len({h > w for h, w in shapes}) == 2  # landscape and portrait images both present
+  with count_compiles() as compiles:
+    evaluate.evaluate_params(model, params, source, view="multiview", config=config, mean=np.float32(128.0))
+  # Per scale: at most two shapes (landscape, portrait), whatever the 12 images' sizes; the
+  # full-view pass adds at most two more. Bucketing by size alone would give more.
+  assert compiles["_window_probs_sum"] <= 2 * 3, compiles
+  assert compiles["_full_probs"] <= 2 * 2, compiles  # the image and its flip share the compile
+  assert views.canvases(72, 32, 16 / 9) == ((96, 128), (128, 96))

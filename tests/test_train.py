@@ -78,21 +78,22 @@ def test_multi_size_trains_with_one_compile_per_size(tmp_path):
 
 def test_size_schedules():
   c = configs.synthetic("multi")
-  assert train.size_schedule(c)[:4] == [112, 90, 112, 90]
+  assert train.size_schedule(c)[:4] == [96, 77, 96, 77]
   c = configs.synthetic("random")
   sizes = train.size_schedule(c)
-  assert all(90 <= s <= 112 for s in sizes) and sizes == train.size_schedule(c)
+  assert all(77 <= s <= 96 for s in sizes) and sizes == train.size_schedule(c)
   c.train.mode = "sideways"
   with pytest.raises(ValueError, match=r"one of \('single', 'multi', 'random', 'full'\); got 'sideways'"):
     train.size_schedule(c)
 
 
 def test_learning_rate_schedules():
-  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 18
-  assert [train.learning_rate(c, e, 0) for e in (0, 17, 18, 23)] == pytest.approx([3e-4, 3e-4, 3e-5, 3e-5])
+  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 8 and again from 12
+  assert [train.learning_rate(c, e, 0) for e in (0, 7, 8, 11, 12, 15)] == pytest.approx(
+      [3e-4, 3e-4, 3e-5, 3e-5, 3e-6, 3e-6])
   c.train.lr_schedule = "plateau"
   with pytest.raises(ValueError, match="eval_every_epochs=1"):
-    train.learning_rate(c, 0, 0)  # the synthetic configs validate every 4 epochs
+    train.learning_rate(c, 0, 0)  # the synthetic configs validate every 2 epochs
   c.train.eval_every_epochs = 1
   assert train.learning_rate(c, 5, 2) == pytest.approx(3e-6)
 

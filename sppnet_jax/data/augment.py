@@ -265,8 +265,11 @@ def normalize(image: np.ndarray, mean: np.ndarray | float | str | None = None,
   image = np.asarray(image, np.float32)
   if isinstance(mean, str):
     _check_per_image(mean)
-    std = np.maximum(image.std(axis=(0, 1)), np.float32(PER_IMAGE_MIN_STD))
-    return ((image - image.mean(axis=(0, 1))) / std).astype(np.float32, copy=False)
+    pixels = image.reshape(-1, image.shape[-1])  # per-channel sums as contiguous reductions (fast)
+    m = pixels.sum(0, dtype=np.float64) / pixels.shape[0]
+    var = np.einsum('ij,ij->j', pixels, pixels, dtype=np.float64) / pixels.shape[0] - m * m
+    std = np.maximum(np.sqrt(np.maximum(var, 0.0)), PER_IMAGE_MIN_STD)
+    return (image - m.astype(np.float32)) * (1.0 / std).astype(np.float32)
   m = DEFAULT_MEAN if mean is None else mean_for_size(mean, image.shape[0], image.shape[1])
   return ((image - m) / np.float32(scale)).astype(np.float32, copy=False)
 

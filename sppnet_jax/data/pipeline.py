@@ -272,7 +272,8 @@ def _pad_batch(rows: list[dict[str, np.ndarray]], batch_size: int,
 
 
 def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndarray], np.ndarray],
-                 batch_size: int, bucket: int | None = None, num_threads: int = 2) -> Iterator[Batch]:
+                 batch_size: int, bucket: int | None = None, canvases: Sequence[tuple[int, int]] = (),
+                 num_threads: int = 2) -> Iterator[Batch]:
   """Evaluation batches of one test view; every batch has exactly ``batch_size`` rows.
 
   ``prepare`` maps a uint8 image to the view's normalised float32 input (the views are
@@ -287,6 +288,9 @@ def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndar
     bucket shape, and ``valid_hw`` int32 (B, 2) gives each image's true (H, W) ((0, 0) for
     padding rows). Batches come out when a bucket fills, then the partial buckets, so the
     order is not the source order - use ``index``.
+  * ``canvases``: with ``bucket``, a fixed set of (H, W) batch shapes; an input goes to the
+    smallest canvas that holds it (only inputs that fit none get their own bucket shape), so
+    a compiled consumer sees no more shapes than there are canvases.
   """
   grain = _grain()
   if batch_size < 1:
@@ -297,7 +301,9 @@ def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndar
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=2 * batch_size))
   if bucket is not None:
-    return _bucketed(iter(it), batch_size, bucket)
+    return _bucketed(iter(it), batch_size, bucket, canvases)
+  if canvases:
+    raise ValueError('canvases apply to bucketed views; pass bucket= as well')
   return _fixed(iter(it), batch_size)
 
 
@@ -318,12 +324,18 @@ def _fixed(rows: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterator[B
     yield _pad_batch(pending, batch_size, shape)
 
 
-def _bucketed(rows: Iterator[dict[str, np.ndarray]], batch_size: int,
-              bucket: int) -> Iterator[Batch]:
+def _canvas_for(h: int, w: int, bucket: int, canvases: Sequence[tuple[int, int]]) -> tuple[int, int]:
+  fits = [(ch * cw, (ch, cw)) for ch, cw in canvases if h <= ch and w <= cw]
+  return min(fits)[1] if fits else bucket_shape(h, w, bucket)
+
+
+def _bucketed(rows: Iterator[dict[str, np.ndarray]], batch_size: int, bucket: int,
+              canvases: Sequence[tuple[int, int]] = ()) -> Iterator[Batch]:
+  canvases = [(int(h), int(w)) for h, w in canvases]
   open_buckets: dict[tuple[int, int], list[dict[str, np.ndarray]]] = {}
   for row in rows:
     h, w = row['image'].shape[:2]
-    key = bucket_shape(h, w, bucket)
+    key = _canvas_for(h, w, bucket, canvases)
     row['valid_hw'] = np.array([h, w], np.int32)
     pending = open_buckets.setdefault(key, [])
     pending.append(row)
