@@ -168,6 +168,7 @@ FIELDS: dict[str, Check] = {
     "eval.sweep_sizes": _ints(1, nonempty=False),
     "eval.sweep_views": _subset(VIEW_NAMES),
     "eval.sweep_examples": _int_at_least(1),
+    "eval.curve_examples": _optional(_int_at_least(1)),
     "variant": _choice(VARIANTS),
 }
 

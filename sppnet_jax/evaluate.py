@@ -100,7 +100,7 @@ def paired(workdir_a, workdir_b, key: str, metric: str = "top1") -> stats.Paired
   return stats.paired_difference(wrong_a, wrong_b)
 
 
-class _Prefix:
+class Prefix:
   """The first ``n`` examples of a source (the synthetic splits are i.i.d., so a prefix is a
   random subset; other sources are shuffled by their own order)."""
 
@@ -138,7 +138,7 @@ def evaluate_run(model: models.SPPNet, params, source, *, config: ml_collections
     results[view] = summarize(p)
   sizes = tuple(e.get("sweep_sizes") or ())
   if sweep and sizes:
-    subset = _Prefix(source, e.get("sweep_examples") or len(source))
+    subset = Prefix(source, e.get("sweep_examples") or len(source))
     results["sweep"] = {}
     for (view, size), p in size_sweep(model, params, subset, config=config, mean=mean, sizes=sizes,
                                       view_names=tuple(e.sweep_views)).items():

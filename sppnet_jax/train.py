@@ -407,8 +407,10 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
     logging.info("resumed from %s at epoch %d, step %d", workdir, progress["epoch"], progress["step"])
   writer = MetricWriter(workdir, drop_after_step=progress["global_step"])
 
+  curve_source = evaluate.Prefix(eval_source, config.eval.get("curve_examples") or len(eval_source))
+
   def validate():
-    val = evaluate.evaluate_params(model, state.params, eval_source, view="crop", config=config, mean=mean)
+    val = evaluate.evaluate_params(model, state.params, curve_source, view="crop", config=config, mean=mean)
     writer.write(progress["global_step"], {f"val/{k}": v for k, v in _scalars(val).items()} |
                  {"epoch": progress["epoch"]})
     _update_plateau(config, progress, val["top1_error"])

@@ -1,9 +1,9 @@
 """Scale ablation on the built-in synthetic shapes: SPP whole-image training (beyond the paper).
 
 Every training image is used whole at its own aspect ratio, its short side drawn per example from
-[90, 128]; images of similar shape share a padded bucket (32-px steps) and each is pooled over its
+[77, 110]; images of similar shape share a padded bucket (32-px steps) and each is pooled over its
 own extent, so the step compiles once per bucket shape. A slim ZF-5 at the paper's 224/180 scaled
-to 112/90 (see sppnet_jax.configs.synthetic).
+by 3/7 to 96/77 (see sppnet_jax.configs.synthetic).
 
 Run:
   sppnet train --config experiments/synthetic/scale_full.py --workdir runs/scale_full

@@ -1,6 +1,6 @@
-"""Scale ablation on the built-in synthetic shapes: SPP multi-size (112 and 90 alternating per epoch; 90 is the 112 crop resized).
+"""Scale ablation on the built-in synthetic shapes: SPP multi-size (96 and 77 alternating per epoch; 77 is the 96 crop resized).
 
-A slim ZF-5 (conv widths 16-64-96-96-64, fc 512) at 112/90, the paper's 224/180 scaled down (see
+A slim ZF-5 (conv widths 16-64-96-96-64, fc 512) at 96/77, the paper's 224/180 scaled by 3/7 (see
 sppnet_jax.configs.synthetic for every departure), so it trains on 2 CPU cores in about 2.5 minutes.
 
 Run:

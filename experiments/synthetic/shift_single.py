@@ -1,7 +1,7 @@
-"""Scale-shift experiment on the built-in synthetic shapes: SPP single-size (112) trained on objects of
+"""Scale-shift experiment on the built-in synthetic shapes: SPP single-size (96) trained on objects of
 0.52-0.69 of the image's short side, tested on the standard band (0.4-0.9).
 
-The training band is the standard band's middle fifth; the evaluation images are the same ones
+The training band is a narrow one around the standard band's geometric centre (0.6); the evaluation images are the same ones
 the standard runs are scored on, so the two are compared pairwise.
 
 Run:
