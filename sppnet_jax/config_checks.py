@@ -163,7 +163,7 @@ FIELDS: dict[str, Check] = {
     "eval.batch_size": _int_at_least(1),
     "eval.bucket": _int_at_least(1),
     "eval.multiview_scales": _ints(1, nonempty=True),
-    "eval.multiview_max_aspect": _number(1.0),
+    "eval.max_aspect": _number(1.0),
     "eval.progress_bar": _BOOL,
     "eval.sweep_sizes": _ints(1, nonempty=False),
     "eval.sweep_views": _subset(VIEW_NAMES),

@@ -1,7 +1,9 @@
-"""Training: single-size, multi-size (alternating per epoch) and random-size SPP-net training.
+"""Training: single-size, multi-size (alternating per epoch), random-size and whole-image
+('full', beyond the paper) SPP-net training.
 
-One parameter pytree; one jitted step per input size, compiled up front (``compile_steps``),
-so a whole run compiles exactly once per size. Data-parallel over all devices through a
+One parameter pytree; one jitted step per input shape (:class:`CompiledSteps`): the fixed-size
+modes compile every size of their schedule up front, 'full' mode each bucket shape on first
+use, so a whole run compiles exactly once per shape. Data-parallel over all devices through a
 ``Mesh`` with a ``'data'`` axis, with the train state donated. The run lives in its workdir:
 ``config.json``, ``metrics.jsonl``, TensorBoard events under ``tensorboard/``, orbax
 checkpoints under ``checkpoints/`` (holding the train state and the position in the data and
@@ -195,12 +197,6 @@ class CompiledSteps:
     for size in sorted(set(sizes)):
       self[(size, size)]
     return self
-
-
-def compile_steps(train_step: Callable, state: TrainState, sizes: list[int], batch_size: int,
-                  mesh: Mesh) -> CompiledSteps:
-  """One ahead-of-time compiled step per distinct (square) input size."""
-  return CompiledSteps(train_step, state, batch_size, mesh).precompile(sizes)
 
 
 def global_batch(batch: dict, mesh: Mesh, names: tuple[str, ...] = ("image", "label")) -> tuple[Array, ...]:
@@ -475,10 +471,13 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
         if preemption.requested:
           return stop()
 
-      # The epoch is saved before it is validated, so a failing evaluation never loses it.
+      # An epoch that is validated is saved first, so a failing evaluation never loses it;
+      # other epoch ends are saved only on the checkpoint interval (resuming mid-epoch replays
+      # the same batches).
       due = (epoch + 1) % t.get("eval_every_epochs", 1) == 0 or epoch + 1 == len(sizes)
       progress.update(epoch=epoch + 1, step=0, pending_eval=due)
-      save_checkpoint(manager, state, progress)
+      if due or preemption.requested or progress["global_step"] % t.checkpoint_every_steps == 0:
+        save_checkpoint(manager, state, progress)
       bar.update(1)
       if preemption.requested:
         return stop()

@@ -13,15 +13,16 @@ paper, 128 for 112 in the slim configs), so at ``size == crop_size`` the views a
 paper's and at other sizes the objects are scaled by ``size / crop_size``:
 
   ``crop``       the centre ``size`` x ``size`` crop;
-  ``full``       the whole image, aspect kept, one pass through SPP (shape buckets, each
-                 image pooled over its own extent, so nothing recompiles per image);
+  ``full``       the whole image, aspect kept, one pass through SPP (padded into two fixed
+                 shapes per test size, landscape and portrait, each image pooled over its own
+                 extent, so nothing recompiles per image);
   ``ten``        4 corner + centre crops and their flips, softmax averaged;
   ``multiview``  Table 4: for every scale in ``eval.multiview_scales`` (short sides) the
                  image and its flip go through the trunk once and crop-size windows at the
                  centre, corners and edge midpoints are pooled from the maps (18 per scale,
                  duplicates dropped), plus the two full views at the training short side;
                  softmax averaged. Each pass pads its images into two fixed shapes per scale
-                 (:func:`canvases`, long side up to ``eval.multiview_max_aspect`` times the
+                 (:func:`canvases`, long side up to ``eval.max_aspect`` times the
                  short side), so the whole protocol compiles a fixed number of times.
 
 A no-SPP network takes only ``crop_size`` inputs: its ``crop``/``ten`` inputs of another
@@ -68,7 +69,7 @@ def spec_from_config(config, mean, size: int | None = None) -> ViewSpec:
   return ViewSpec(crop_size=d.crop_size, short_side=d.short_side, size=d.crop_size if size is None else int(size),
                   mean=mean, batch_size=e.batch_size, bucket=e.bucket,
                   multiview_scales=tuple(e.get("multiview_scales", ())),
-                  max_aspect=float(e.get("multiview_max_aspect", 2.0)), progress=bool(e.get("progress_bar", False)))
+                  max_aspect=float(e.get("max_aspect", 2.0)), progress=bool(e.get("progress_bar", False)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +120,13 @@ def get_view(name: str) -> View:
 
 
 def _batches(view: View, source, spec: ViewSpec) -> Iterator[dict]:
-  return pipeline.eval_batches(source, prepare=functools.partial(view.prepare, spec=spec),
-                               batch_size=spec.batch_size, bucket=spec.bucket if view.bucketed else None)
+  """Fixed-shape batches, or for a bucketed (whole-image) view the two :func:`canvases` of its
+  test short side, so every test size compiles at most twice."""
+  if not view.bucketed:
+    return pipeline.eval_batches(source, prepare=functools.partial(view.prepare, spec=spec),
+                                 batch_size=spec.batch_size)
+  return pipeline.eval_batches(source, prepare=functools.partial(view.prepare, spec=spec), batch_size=spec.batch_size,
+                               bucket=spec.bucket, canvases=canvases(spec.test_short_side, spec.bucket, spec.max_aspect))
 
 
 def _collect(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], warped: bool) -> Predictions:
@@ -284,9 +290,7 @@ def _run_multiview(view: View, model, params, source, spec: ViewSpec) -> Predict
                                   jnp.asarray(windows), jnp.asarray(keep))
         add(batch, total, 2 * keep.sum(1))
         bar.update(int(np.sum(batch["mask"])))
-    for batch in pipeline.eval_batches(source, prepare=functools.partial(full.prepare, spec=spec),
-                                       batch_size=spec.batch_size, bucket=spec.bucket,
-                                       canvases=canvases(spec.test_short_side, spec.bucket, spec.max_aspect)):
+    for batch in _batches(full, source, spec):
       images, hw = jnp.asarray(batch["image"]), jnp.asarray(batch["valid_hw"])
       both = (_full_probs(model, params, images, hw, spec.crop_size)
               + _full_probs(model, params, _flip_valid(images, hw), hw, spec.crop_size))

@@ -85,7 +85,7 @@ def test_multiview_compiles_once_per_fixed_canvas(net):
   model, params = net
   config = configs.synthetic("single")
   config.data.update(crop_size=64, short_side=72)
-  config.eval.update(batch_size=4, multiview_scales=(64, 80, 96), multiview_max_aspect=16 / 9)
+  config.eval.update(batch_size=4, multiview_scales=(64, 80, 96), max_aspect=16 / 9)
   source = sources.get_source("synthetic", "validation", num_examples=12)  # aspects from 3:4 to 16:9
   shapes = {tuple(source.image_shape(i)) for i in range(12)}
   assert len({h > w for h, w in shapes}) == 2  # landscape and portrait images both present

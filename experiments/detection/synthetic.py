@@ -1,8 +1,8 @@
 """SPP-net detection on the built-in synthetic scenes: a slim CPU version of the VOC07 system.
 
-Everything is the paper's recipe scaled down by 112/224 (the synthetic classification configs
-train on 112 crops): 1 scale with short side 344 (= 688 * 112/224), windows pooled at the scale
-that brings them closest to 112 px, a quarter-width ZF-5 with 512-wide fc layers, selective
+Everything is the paper's recipe scaled down by 96/224 (the synthetic classification configs
+train on 96 crops): 1 scale with short side 295 (= 688 * 96/224), windows pooled at the scale
+that brings them closest to 96 px, the slim ZF-5 of the classification runs, selective
 search (fast mode) on a 250-px copy, at most 300 proposals per image, 200 training and 100 test
 images, 1,500 fine-tuning steps. Runs in about 3 minutes on 2 CPU cores.
 
@@ -19,11 +19,11 @@ from sppnet_jax.detection.pipeline import detection_config
 
 
 def get_config(trunk_workdir: str = ""):
-  c = detection_config("synthetic", trunk_workdir=trunk_workdir, scales=(344,), num_train=200, num_test=100)
+  c = detection_config("synthetic", trunk_workdir=trunk_workdir, scales=(295,), num_train=200, num_test=100)
   c.test_split = "validation"
   c.trunk.width = 0.25
   c.trunk.fc_width = 512
-  c.features.target_side = 112.0
+  c.features.target_side = 96.0
   c.features.window_batch = 128
   c.proposals.max_side = 250
   c.proposals.max_per_image = 300

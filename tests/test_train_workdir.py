@@ -1,0 +1,110 @@
+"""Workdirs that survive mistakes: config changes before the first checkpoint, extending a run,
+a bad evaluation image after the epoch's save, skipped training images, Ctrl-C and resume."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sppnet_jax import train
+from sppnet_jax.metrics_io import read_metrics
+
+from test_train import final_params, run_cli, tiny_config, write_config_file
+
+
+def _write_config(workdir: pathlib.Path, config) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort())
+
+
+def test_a_workdir_without_checkpoints_takes_a_changed_config(tmp_path):
+  old = tiny_config("single")
+  _write_config(tmp_path, old)
+  new = tiny_config("multi")
+  train.check_workdir_config(new, tmp_path)  # no checkpoint yet: nothing to protect
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+  with pytest.raises(ValueError, match="train.mode"):
+    train.check_workdir_config(new, tmp_path)
+
+
+def test_logging_fields_never_count_and_extend_allows_a_longer_schedule(tmp_path):
+  old = tiny_config("single", epochs=2)
+  _write_config(tmp_path, old)
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+  logging_only = tiny_config("single", epochs=2)
+  logging_only.train.update(log_every_steps=7, progress_bar=True)
+  train.check_workdir_config(logging_only, tmp_path)
+  longer = tiny_config("single", epochs=5)
+  longer.train.lr_drop_epochs = (4,)
+  with pytest.raises(ValueError, match=r"sppnet train --extend"):
+    train.check_workdir_config(longer, tmp_path)
+  train.check_workdir_config(longer, tmp_path, extend=True)
+  longer.model.fc_width = 64
+  with pytest.raises(ValueError, match="model.fc_width"):
+    train.check_workdir_config(longer, tmp_path, extend=True)  # extend never covers the model
+
+
+def _folder_dataset(root: pathlib.Path, corrupt: str) -> None:
+  """Two classes of 16 training and 4 validation images; one file of split ``corrupt`` does not decode."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 16), ("validation", 4)):
+    for k, cls in enumerate(("dark", "light")):
+      folder = root / split / cls
+      folder.mkdir(parents=True)
+      for i in range(n):
+        pixels = rng.integers(0, 100, (72, 80, 3)) + 120 * k
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
+  (root / corrupt / "light" / "00.png").write_bytes(b"not a png at all")
+
+
+def _folder_config(root: pathlib.Path, epochs: int = 1):
+  config = tiny_config("single", epochs=epochs, ckpt=1000)
+  config.data.update(name=f"folder:{root}", num_train=None, num_eval=None, cache=False)
+  return config
+
+
+def test_a_bad_evaluation_image_comes_after_the_epoch_is_saved(tmp_path):
+  _folder_dataset(tmp_path / "data", corrupt="validation")
+  config = _folder_config(tmp_path / "data")
+  with pytest.raises(ValueError, match="00.png"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  manager = train.checkpoint_manager(tmp_path / "run", 3)
+  assert manager.latest_step() == 2  # 32 images / batch 16: the epoch's checkpoint exists
+  assert json.loads((tmp_path / "run" / "classes.json").read_text())["class_names"] == ["dark", "light"]
+
+
+def test_skipped_training_images_are_counted_in_the_metrics(tmp_path):
+  _folder_dataset(tmp_path / "data", corrupt="train")
+  config = _folder_config(tmp_path / "data")
+  config.data.on_bad_image = "skip"
+  train.train_and_evaluate(config, tmp_path / "run")
+  counts = [r["data/skipped_images"] for r in read_metrics(tmp_path / "run") if "data/skipped_images" in r]
+  assert counts and counts[-1] == 1
+
+
+def test_ctrl_c_saves_exits_cleanly_and_resumes_to_the_same_parameters(tmp_path):
+  config_file = write_config_file(tmp_path / "tiny.py", "single", epochs=3, ckpt=1000)
+  reference = tmp_path / "reference"
+  assert run_cli(["train", f"--config={config_file}", f"--workdir={reference}"]).wait(300) == 0
+
+  run = tmp_path / "run"
+  proc = run_cli(["train", f"--config={config_file}", f"--workdir={run}"])
+  deadline = time.time() + 300
+  while time.time() < deadline and not ((run / "metrics.jsonl").exists()
+                                        and any("train/loss" in r for r in read_metrics(run))):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert '"preempted": true' in out and "Traceback" not in out
+  assert not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]  # no half-written step
+  assert run_cli(["train", f"--config={config_file}", f"--workdir={run}"]).wait(300) == 0
+  for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(run))):
+    np.testing.assert_array_equal(a, b)
