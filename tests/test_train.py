@@ -88,8 +88,8 @@ def test_size_schedules():
 
 
 def test_learning_rate_schedules():
-  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 6 and again from 9
-  assert [train.learning_rate(c, e, 0) for e in (0, 5, 6, 8, 9, 13)] == pytest.approx(
+  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 5 and again from 8
+  assert [train.learning_rate(c, e, 0) for e in (0, 4, 5, 7, 8, 11)] == pytest.approx(
       [3e-4, 3e-4, 3e-5, 3e-5, 3e-6, 3e-6])
   c.train.lr_schedule = "plateau"
   with pytest.raises(ValueError, match="eval_every_epochs=1"):
