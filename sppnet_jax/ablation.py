@@ -76,6 +76,32 @@ def _comparison_lines(workdir: pathlib.Path, comparisons, seeds: int, present: s
   return lines
 
 
+def _view_lines(workdir: pathlib.Path, names: list[str]) -> list[str]:
+  """Full view minus crop view of each SPP run, paired on the same images (the paper's Table 3)."""
+  lines = []
+  for name in names:
+    config = json.loads((workdir / name / "config.json").read_text())
+    if not config["model"]["spp"]:
+      continue
+    crop = config["data"]["crop_size"]
+    diff = evaluate.paired(workdir / name, workdir / name, evaluate.record_key("full", crop),
+                           key_b=evaluate.record_key("crop", crop))
+    lines.append("- " + stats.verdict(f"full view − crop view, {name}, top-1", diff))
+  return lines
+
+
+def _sweep_lines(workdir: pathlib.Path, a: str, b: str) -> list[str]:
+  """``a − b`` at every test size of both runs' sweeps, paired on the sweep's images."""
+  result = _result(workdir / a).get("sweep", {})
+  lines = []
+  for view, by_size in result.items():
+    for size in sorted(by_size, key=int):
+      key = evaluate.record_key(view, int(size), sweep=True)
+      lines.append("- " + stats.verdict(f"{a} − {b}, {view} view at {size}, top-1", evaluate.paired(
+          workdir / a, workdir / b, key)))
+  return lines
+
+
 def _result(run_dir: pathlib.Path) -> dict:
   return json.loads((run_dir / evaluate.EVAL_FILE).read_text())
 
@@ -131,17 +157,25 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1, seconds: 
       "## Standard: no SPP, SPP single-size, multi-size, whole-image training", "",
       _main_table(standard_runs), ""]
   if seeds > 1:
-    text += [_seed_table(workdir, list(STANDARD), seeds), ""]
+    complete = [v for v in STANDARD if all(run_name(v, s) in present for s in range(seeds))]
+    text += [_seed_table(workdir, complete, seeds), ""]
   text += ["Verdicts (error of the first minus the second; negative: the first is better):", ""]
   text += _comparison_lines(workdir, STANDARD_COMPARISONS, seeds, present) + [""]
+  text += ["Full view against crop view of the same network, on the same images (the paper's Table 3):", ""]
+  text += _view_lines(workdir, standard) + [""]
   if has_sweep:
     text += ["### Test-size sweep", "", report.sweep_table(standard_runs), "", "![test-size sweep](sweep.png)", ""]
+    if {"multi", "single"} <= present:
+      text += ["Multi-size against single-size at each test size, paired on the sweep's images:", ""]
+      text += _sweep_lines(workdir, "multi", "single") + [""]
   if shift_runs:
     text += [f"## Shift: trained on objects {tuple(shift_single.data.train_object_size)} of the short side, tested on "
              f"{tuple(shift_single.data.eval_object_size)}", "", _main_table(shift_runs), ""]
     text += _comparison_lines(workdir, SHIFT_COMPARISONS, seeds, present) + [""]
     if has_shift_sweep:
       text += [report.sweep_table(shift_runs), "", "![shift sweep](shift_sweep.png)", ""]
+      if {"shift-multi", "shift-single"} <= present:
+        text += _sweep_lines(workdir, "shift-multi", "shift-single") + [""]
   text += ["![training curves](curves.png)", ""]
   if seconds:
     text += ["Wall time of this invocation: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), ""]

@@ -25,7 +25,14 @@ def predict(model: models.SPPNet, params, source, *, view: str, config: ml_colle
             size: int | None = None) -> views.Predictions:
   """Per-example probabilities of ``view`` at test size ``size`` (default: the training crop)."""
   spec = views.spec_from_config(config, mean, size)
-  return views.get_view(view).predict(model, params, source, spec)
+  predictions = views.get_view(view).predict(model, params, source, spec)
+  bad = ~np.isfinite(predictions.probs).all(axis=-1)
+  if bad.any():
+    raise FloatingPointError(
+        f"the network's outputs are not finite for {int(bad.sum())} of {bad.size} examples under view {view!r} "
+        f"(first: source index {int(predictions.index[bad][0])}); its parameters hold NaN or inf, so no error rate "
+        "is reported. Evaluate an intact checkpoint.")
+  return predictions
 
 
 def summarize(predictions: views.Predictions) -> dict:
@@ -90,13 +97,15 @@ def load_mistakes(workdir: str | pathlib.Path, key: str, metric: str = "top1") -
     return data[f"{key}/index"], data[f"{key}/{metric}_wrong"]
 
 
-def paired(workdir_a, workdir_b, key: str, metric: str = "top1") -> stats.PairedDifference:
-  """error(A) - error(B) of two runs on the same examples of record ``key``."""
+def paired(workdir_a, workdir_b, key: str, metric: str = "top1", key_b: str | None = None) -> stats.PairedDifference:
+  """error(A) - error(B) on the same examples: record ``key`` of both runs, or record ``key`` of
+  A against record ``key_b`` of B (e.g. one run's full view against its crop view)."""
+  key_b = key_b or key
   index_a, wrong_a = load_mistakes(workdir_a, key, metric)
-  index_b, wrong_b = load_mistakes(workdir_b, key, metric)
+  index_b, wrong_b = load_mistakes(workdir_b, key_b, metric)
   if not np.array_equal(index_a, index_b):
-    raise ValueError(f"{workdir_a} and {workdir_b} were not scored on the same examples for {key!r}; a paired "
-                     "comparison needs the same evaluation split.")
+    raise ValueError(f"{workdir_a} ({key!r}) and {workdir_b} ({key_b!r}) were not scored on the same examples; a "
+                     "paired comparison needs the same evaluation split.")
   return stats.paired_difference(wrong_a, wrong_b)
 
 

@@ -138,15 +138,16 @@ def seed_comparison(errors_a: Sequence[float], errors_b: Sequence[float]) -> See
 
 
 def format_p(p: float) -> str:
-  return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+  """``p = 0.0048`` or ``p < 0.001``."""
+  return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
 def verdict(label: str, diff: PairedDifference | SeedComparison) -> str:
   """One line for one comparison; 'unresolved' unless the interval excludes zero and p < 0.05."""
   if isinstance(diff, SeedComparison):
-    test = f"paired t over {diff.num_seeds} seeds p = {format_p(diff.p_value)}"
+    test = f"paired t over {diff.num_seeds} seeds, {format_p(diff.p_value)}"
   else:
-    test = f"McNemar p = {format_p(diff.p_value)}"
+    test = f"McNemar {format_p(diff.p_value)}"
   sign = lambda x: f"{x:+.1f}".replace("-", "−")
   unresolved = diff.low <= 0 <= diff.high or diff.p_value >= 0.05
   outcome = "unresolved (inside the noise)" if unresolved else (

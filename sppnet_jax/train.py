@@ -406,6 +406,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
   curve_source = evaluate.Prefix(eval_source, config.eval.get("curve_examples") or len(eval_source))
 
   def validate():
+    manager.wait_until_finished()  # the epoch's checkpoint is complete before anything can fail
     val = evaluate.evaluate_params(model, state.params, curve_source, view="crop", config=config, mean=mean)
     writer.write(progress["global_step"], {f"val/{k}": v for k, v in _scalars(val).items()} |
                  {"epoch": progress["epoch"]})
@@ -430,61 +431,64 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
   if progress["pending_eval"]:  # the last run saved an epoch and stopped before its validation
     validate()
 
-  with tqdm.tqdm(total=t.num_epochs, initial=progress["epoch"], unit="epoch", disable=not t.progress_bar,
-                 dynamic_ncols=True) as bar:
-    while progress["epoch"] < t.num_epochs:
-      epoch, size = progress["epoch"], sizes[progress["epoch"]]
-      lr = jnp.float32(learning_rate(config, epoch, progress["plateau_drops"]))
-      data = _Epoch(config, train_source, mean, epoch, size, progress["step"], shapes)
-      finite, window_start, tick = jnp.bool_(True), progress["global_step"], time.perf_counter()
-      for batch in data.batches:
-        inputs = global_batch(batch, mesh, data.names)
-        state, metrics = steps[inputs[0].shape[1:3]](state, *inputs, lr, base_key)
-        finite = finite & metrics["finite"]
-        progress["step"] += 1
-        progress["global_step"] += 1
-        at_end = progress["step"] == data.num_steps
-        if progress["global_step"] % t.log_every_steps == 0 or at_end or preemption.requested:
-          if not bool(finite):
-            last = manager.latest_step()
-            saved = (f"The last good checkpoint in {workdir / 'checkpoints'} is step {last}; rerun to resume from it."
-                     if last is not None else "No checkpoint was saved yet, so the workdir takes a changed config.")
-            raise NonFiniteError(
-                f"non-finite loss or gradient between global steps {window_start} and {progress['global_step']} "
-                f"(epoch {epoch}, input {tuple(inputs[0].shape[1:3])}, lr {float(lr):g}); the update was skipped. "
-                f"{saved} Lower train.learning_rate or check the input data.")
-          elapsed = time.perf_counter() - tick
-          images_per_s = (progress["global_step"] - window_start) * t.batch_size / max(elapsed, 1e-9)
-          h, w = inputs[0].shape[1:3]
-          writer.write(progress["global_step"], {
-              "train/loss": float(metrics["loss"]), "train/top1_error": float(metrics["top1_error"]),
-              "train/grad_norm": float(metrics["grad_norm"]), "train/lr": float(lr), "train/input_h": h,
-              "train/input_w": w, "train/images_per_s": images_per_s, "train/compiled_shapes": len(steps),
-              "epoch": epoch + progress["step"] / max(data.num_steps, 1)} | skipped())
-          bar.set_postfix(step=progress["global_step"], input=f"{h}x{w}", loss=f"{float(metrics['loss']):.3f}",
-                          img_s=f"{images_per_s:.0f}")
-          window_start, tick, finite = progress["global_step"], time.perf_counter(), jnp.bool_(True)
-        if at_end:
-          break
-        if progress["global_step"] % t.checkpoint_every_steps == 0 or preemption.requested:
+  try:
+    with tqdm.tqdm(total=t.num_epochs, initial=progress["epoch"], unit="epoch", disable=not t.progress_bar,
+                   dynamic_ncols=True) as bar:
+      while progress["epoch"] < t.num_epochs:
+        epoch, size = progress["epoch"], sizes[progress["epoch"]]
+        lr = jnp.float32(learning_rate(config, epoch, progress["plateau_drops"]))
+        data = _Epoch(config, train_source, mean, epoch, size, progress["step"], shapes)
+        finite, window_start, tick = jnp.bool_(True), progress["global_step"], time.perf_counter()
+        for batch in data.batches:
+          inputs = global_batch(batch, mesh, data.names)
+          state, metrics = steps[inputs[0].shape[1:3]](state, *inputs, lr, base_key)
+          finite = finite & metrics["finite"]
+          progress["step"] += 1
+          progress["global_step"] += 1
+          at_end = progress["step"] == data.num_steps
+          if progress["global_step"] % t.log_every_steps == 0 or at_end or preemption.requested:
+            if not bool(finite):
+              manager.wait_until_finished()  # a save still in flight is the last good checkpoint
+              last = manager.latest_step()
+              saved = (f"The last good checkpoint in {workdir / 'checkpoints'} is step {last}; rerun to resume from it."
+                       if last is not None else "No checkpoint was saved yet, so the workdir takes a changed config.")
+              raise NonFiniteError(
+                  f"non-finite loss or gradient between global steps {window_start} and {progress['global_step']} "
+                  f"(epoch {epoch}, input {tuple(inputs[0].shape[1:3])}, lr {float(lr):g}); the update was skipped. "
+                  f"{saved} Lower train.learning_rate or check the input data.")
+            elapsed = time.perf_counter() - tick
+            images_per_s = (progress["global_step"] - window_start) * t.batch_size / max(elapsed, 1e-9)
+            h, w = inputs[0].shape[1:3]
+            writer.write(progress["global_step"], {
+                "train/loss": float(metrics["loss"]), "train/top1_error": float(metrics["top1_error"]),
+                "train/grad_norm": float(metrics["grad_norm"]), "train/lr": float(lr), "train/input_h": h,
+                "train/input_w": w, "train/images_per_s": images_per_s, "train/compiled_shapes": len(steps),
+                "epoch": epoch + progress["step"] / max(data.num_steps, 1)} | skipped())
+            bar.set_postfix(step=progress["global_step"], input=f"{h}x{w}", loss=f"{float(metrics['loss']):.3f}",
+                            img_s=f"{images_per_s:.0f}")
+            window_start, tick, finite = progress["global_step"], time.perf_counter(), jnp.bool_(True)
+          if at_end:
+            break
+          if progress["global_step"] % t.checkpoint_every_steps == 0 or preemption.requested:
+            save_checkpoint(manager, state, progress)
+          if preemption.requested:
+            return stop()
+
+        # An epoch that is validated is saved first, so a failing evaluation never loses it;
+        # other epoch ends are saved only on the checkpoint interval (resuming mid-epoch replays
+        # the same batches).
+        due = (epoch + 1) % t.get("eval_every_epochs", 1) == 0 or epoch + 1 == len(sizes)
+        progress.update(epoch=epoch + 1, step=0, pending_eval=due)
+        if due or preemption.requested or progress["global_step"] % t.checkpoint_every_steps == 0:
           save_checkpoint(manager, state, progress)
+        bar.update(1)
         if preemption.requested:
           return stop()
+        if due:
+          validate()
 
-      # An epoch that is validated is saved first, so a failing evaluation never loses it;
-      # other epoch ends are saved only on the checkpoint interval (resuming mid-epoch replays
-      # the same batches).
-      due = (epoch + 1) % t.get("eval_every_epochs", 1) == 0 or epoch + 1 == len(sizes)
-      progress.update(epoch=epoch + 1, step=0, pending_eval=due)
-      if due or preemption.requested or progress["global_step"] % t.checkpoint_every_steps == 0:
-        save_checkpoint(manager, state, progress)
-      bar.update(1)
-      if preemption.requested:
-        return stop()
-      if due:
-        validate()
-
-  manager.wait_until_finished()
+  finally:  # a save still in flight completes even when an error stops the run
+    manager.wait_until_finished()
   results = evaluate.evaluate_run(model, state.params, eval_source, config=config, mean=mean, workdir=workdir)
   writer.write(progress["global_step"], {f"final/{v}/{k}": x for v, r in results.items() if v != "sweep"
                                          for k, x in _scalars(r).items()})

@@ -71,6 +71,34 @@ def test_ablation_report_generates_its_verdicts_and_figures(runs):
   expected = stats.verdict("SPP single − no SPP, full view, top-1", evaluate.paired(runs / "single", runs / "nospp", key))
   assert "- " + expected in verdicts
   assert "[" in text.split("| nospp")[1].splitlines()[0]  # table cells carry intervals
+  view_line = next(l for l in text.splitlines() if l.startswith("- full view − crop view, single"))
+  key = evaluate.record_key("full", 64)
+  assert view_line == "- " + stats.verdict("full view − crop view, single, top-1", evaluate.paired(
+      runs / "single", runs / "single", key, key_b=evaluate.record_key("crop", 64)))
+  assert not any(l.startswith("- full view − crop view, nospp") for l in text.splitlines())
   for figure in ("curves.png", "sweep.png"):
     assert (runs / figure).stat().st_size > 0
   assert (runs / "report.md").read_text() == text
+
+
+def test_seeds_report_mean_std_and_a_t_test_across_seeds(runs, tmp_path):
+  # Seed 1 of each variant: the seed-0 run with its errors set by hand, so the table and the
+  # test across seeds can be checked against values worked out on paper.
+  import shutil
+  root = tmp_path / "seeds"
+  for variant in ("nospp", "single"):
+    shutil.copytree(runs / variant, root / variant)
+    shutil.copytree(runs / variant, root / f"{variant}-seed1")
+  errors = {"nospp": (40.0, 44.0), "single": (30.0, 36.0)}  # (seed 0, seed 1), crop view
+  for variant, (e0, e1) in errors.items():
+    for name, e in ((variant, e0), (f"{variant}-seed1", e1)):
+      path = root / name / evaluate.EVAL_FILE
+      result = json.loads(path.read_text())
+      result["crop"]["top1_error"] = e
+      path.write_text(json.dumps(result))
+  text = ablation.write_ablation_report(root, seeds=2)
+  # single: 30, 36 -> mean 33, std 4.24; differences single - nospp: -10, -8 -> mean -9, sd 1.414,
+  # t = 9 on 1 degree of freedom, two-sided p = 1 - 2 atan(9) / pi = 0.0704.
+  assert "| single | 2 | 33.00 ± 4.24 |" in text
+  line = next(l for l in text.splitlines() if l.startswith("- SPP single − no SPP, crop view"))
+  assert "−9.0 points" in line and "paired t over 2 seeds, p = 0.07" in line and "unresolved" in line

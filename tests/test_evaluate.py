@@ -96,3 +96,13 @@ def test_multiview_compiles_once_per_fixed_canvas(net):
   assert compiles["_window_probs_sum"] <= 2 * 3, compiles
   assert compiles["_full_probs"] <= 2 * 2, compiles  # the image and its flip share the compile
   assert views.canvases(72, 32, 16 / 9) == ((96, 128), (128, 96))
+
+
+def test_non_finite_outputs_are_an_error_not_an_error_rate(net):
+  model, params = net
+  broken = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), params)
+  config = configs.synthetic("single")
+  config.data.update(crop_size=64, short_side=72)
+  source = sources.get_source("synthetic", "validation", num_examples=4)
+  with pytest.raises(FloatingPointError, match="not finite for 4 of 4 examples"):
+    evaluate.evaluate_params(model, broken, source, view="crop", config=config, mean=np.float32(128.0))

@@ -7,6 +7,9 @@ the standard runs are scored on, so the two are compared pairwise.
 Run:
   sppnet train --config experiments/synthetic/shift_single.py --workdir runs/shift_single
 
+Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 140 s with its evaluation),
+top-1 error % [95 % CI] on 4,500 validation images: crop 64.20 [62.8, 65.6], full 64.53 [63.1, 65.9].
+
 Paper counterpart: none directly; Table 2, ZF-5 (b) SPP single-size: 34.98 / 14.14 top-1 / top-5 error on ImageNet.
 """
 
