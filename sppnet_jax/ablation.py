@@ -47,15 +47,15 @@ def run_name(variant: str, seed: int) -> str:
 def ablation_configs(seeds: int = 1, shift: bool = True) -> dict[str, ml_collections.ConfigDict]:
   """Every run of the ablation by name; seed k > 0 changes the initialisation and data order
   (``train.seed``), never the images, so every run is scored on the same validation set."""
+  factories = [(variant, lambda v=variant: configs.synthetic(v)) for variant in STANDARD]
+  if shift:
+    factories += [(f"shift-{variant}", lambda v=variant: configs.synthetic_shift(v)) for variant in SHIFT]
   runs = {}
   for seed in range(seeds):
-    for variant in STANDARD:
-      runs[run_name(variant, seed)] = configs.synthetic(variant)
-    if shift:
-      for variant in SHIFT:
-        runs[run_name(f"shift-{variant}", seed)] = configs.synthetic_shift(variant)
-    for name in list(runs)[-len(STANDARD) - (len(SHIFT) if shift else 0):]:
-      runs[name].train.seed = seed
+    for name, make in factories:
+      config = make()
+      config.train.seed = seed
+      runs[run_name(name, seed)] = config
   return runs
 
 
