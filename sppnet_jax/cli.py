@@ -77,10 +77,9 @@ def _config(example: str):
 
 
 def _train(args) -> None:
-  from sppnet_jax import config_checks, train
+  from sppnet_jax import train
   config = _config("experiments/synthetic/scale_single.py")
   workdir = _require("workdir")
-  config_checks.validate_config(config)  # before anything is written
   kwargs = {"extend": True} if FLAGS.extend else {}
   print(json.dumps(train.train_and_evaluate(config, workdir, **kwargs), indent=2))
 

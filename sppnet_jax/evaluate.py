@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from sppnet_jax import models, stats, views
+from sppnet_jax.data import sources
 
 VIEWS = tuple(views.VIEWS)
 
@@ -109,20 +110,11 @@ def paired(workdir_a, workdir_b, key: str, metric: str = "top1", key_b: str | No
   return stats.paired_difference(wrong_a, wrong_b)
 
 
-class Prefix:
-  """The first ``n`` examples of a source (the synthetic splits are i.i.d., so a prefix is a
-  random subset; other sources are shuffled by their own order)."""
-
-  def __init__(self, source, n: int):
-    self.source, self.n = source, min(int(n), len(source))
-
-  def __len__(self) -> int:
-    return self.n
-
-  def __getitem__(self, index: int):
-    if not 0 <= index < self.n:
-      raise IndexError(f"index {index} out of range for {self.n} examples")
-    return self.source[index]
+def first_examples(source, n: int):
+  """The first ``n`` examples of a source, as a :class:`sources.Subset` (the synthetic splits are
+  i.i.d., so a prefix is a random subset; other sources keep their own order)."""
+  n = min(int(n), len(source))
+  return sources.Subset(source, np.arange(n), description=f"the first {n}")
 
 
 EVAL_FILE = "eval.json"
@@ -147,7 +139,7 @@ def evaluate_run(model: models.SPPNet, params, source, *, config: ml_collections
     results[view] = summarize(p)
   sizes = tuple(e.get("sweep_sizes") or ())
   if sweep and sizes:
-    subset = Prefix(source, e.get("sweep_examples") or len(source))
+    subset = first_examples(source, e.get("sweep_examples") or len(source))
     results["sweep"] = {}
     for (view, size), p in size_sweep(model, params, subset, config=config, mean=mean, sizes=sizes,
                                       view_names=tuple(e.sweep_views)).items():

@@ -402,7 +402,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
     logging.info("resumed from %s at epoch %d, step %d", workdir, progress["epoch"], progress["step"])
   writer = MetricWriter(workdir, drop_after_step=progress["global_step"])
 
-  curve_source = evaluate.Prefix(eval_source, config.eval.get("curve_examples") or len(eval_source))
+  curve_source = evaluate.first_examples(eval_source, config.eval.get("curve_examples") or len(eval_source))
 
   def validate():
     manager.wait_until_finished()  # the epoch's checkpoint is complete before anything can fail

@@ -251,8 +251,7 @@ def _window_probs_sum(model: models.SPPNet, params, images, valid_hw, windows, k
 def canvases(short: int, bucket: int, max_aspect: float) -> tuple[tuple[int, int], tuple[int, int]]:
   """The two fixed batch shapes of a whole-image pass at short side ``short``: landscape and
   portrait, the long side room for ``max_aspect`` (rounded up to ``bucket``)."""
-  side = -(-short // bucket) * bucket
-  long = -(-int(np.ceil(short * max_aspect)) // bucket) * bucket
+  side, long = pipeline.bucket_shape(short, int(np.ceil(short * max_aspect)), bucket)
   return (side, long), (long, side)
 
 

@@ -236,3 +236,10 @@ def test_training_batches_skip_bad_images_and_keep_their_shape(tmp_path):
   labels = np.concatenate([b['label'] for b in batches])
   assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]  # bee02 (index 6) replaced by bee03 (index 7)
   assert src.num_skipped() == 1 and src.bad_indices() == (6,)
+
+
+def test_a_subset_maps_image_shape_to_its_own_examples():
+  source = sources.get_source('synthetic', 'validation', num_examples=20)
+  subset = sources.Subset(source, [5, 3])
+  assert [subset.image_shape(i) for i in range(2)] == [source.image_shape(5), source.image_shape(3)]
+  assert not hasattr(sources.Subset([{'image': np.zeros((2, 2, 3))}], [0]), 'image_shape')

@@ -367,7 +367,10 @@ class Subset:
   def __getattr__(self, name: str) -> Any:  # class_names, num_classes of the wrapped source
     if name in ('source', 'indices', 'description') or name in ('files',):
       raise AttributeError(name)
-    return getattr(self.source, name)
+    attribute = getattr(self.source, name)
+    if name == 'image_shape':  # takes an example index: map it into the source
+      return lambda index: attribute(self._index(index))
+    return attribute
 
   @property
   def labels(self) -> np.ndarray:
