@@ -13,7 +13,9 @@ from sppnet_jax import models, ops
 from sppnet_jax.compile_count import count_compiles
 from sppnet_jax.detection import data as det_data
 from sppnet_jax.detection import features as feats
-from sppnet_jax.detection import pipeline, rcnn, timing
+from sppnet_jax.detection import cache, pipeline, rcnn, timing
+from sppnet_jax.detection.config import detection_config
+from sppnet_jax.detection.system import DetectionSystem
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +186,12 @@ def test_bad_images_converted_or_rejected():
   assert det_data.check_image(_png(grey), "png").shape == (60, 80, 3)
   with pytest.raises(ValueError, match="tiny.jpg.*at least"):
     det_data.check_image(np.zeros((10, 12, 3), np.uint8), "tiny.jpg")
-  with pytest.raises(ValueError, match="broken.jpg.*cannot be decoded"):
+  with pytest.raises(ValueError, match="cannot decode image 'broken.jpg'"):
     det_data.check_image(b"not an image at all", "broken.jpg")
   with pytest.raises(ValueError, match="x.png.*inverted"):
     det_data.make_example(_image(60, 80), [[30, 10, 20, 40]], [1], None, "x.png")
+  with pytest.raises(ValueError, match="y.png.*labels must lie in 0..11"):
+    det_data.make_example(_image(60, 80), [[10, 10, 20, 40]], [12], None, "y.png", num_classes=12)
 
 
 def test_synthetic_source_format():
@@ -196,7 +200,7 @@ def test_synthetic_source_format():
   h, w = ex["image"].shape[:2]
   assert ex["boxes"].dtype == np.float32 and ex["boxes"].shape[1] == 4
   assert (ex["boxes"][:, 2] <= w - 1).all() and (ex["boxes"][:, 3] <= h - 1).all()
-  assert ex["labels"].min() >= 1 and ex["labels"].max() <= 12 and ex["id"] == "synthetic_train_000000"
+  assert ex["labels"].min() >= 0 and ex["labels"].max() <= 11 and ex["id"] == "synthetic_train_000000"
 
 
 def test_voc_source_with_mocked_tfds():
@@ -220,7 +224,7 @@ def test_voc_source_with_mocked_tfds():
     src = det_data.VocDetectionSource("test")
   first = src[0]
   np.testing.assert_array_equal(first["boxes"], [[47, 239, 194, 370]])
-  assert first["labels"].tolist() == [9] and first["difficult"].tolist() == [True] and first["id"] == "000005.jpg"
+  assert first["labels"].tolist() == [8] and first["difficult"].tolist() == [True] and first["id"] == "000005.jpg"
   second = src[1]
   assert second["image"].shape == (333, 500, 3) and second["boxes"].shape == (0, 4) and second["id"] == "000007.jpg"
   with pytest.raises(ValueError, match="000009.jpg"):
@@ -230,7 +234,7 @@ def test_voc_source_with_mocked_tfds():
 # ------------------------------------------------------------------------------------- end to end
 
 def _tiny_config():
-  c = pipeline.detection_config("synthetic", scales=(128,), num_train=3, num_test=2)
+  c = detection_config("synthetic", scales=(128,), num_train=3, num_test=2)
   c.test_split = "validation"
   c.trunk.width = 0.125
   c.trunk.fc_width = 32
@@ -255,16 +259,17 @@ def test_end_to_end_tiny_synthetic_and_cache_reuse(tmp_path, monkeypatch):
   metrics = pipeline.train_and_evaluate_detection(config, tmp_path, log=lambda s: None)
   assert np.isfinite(metrics["mAP"]) and 0.0 <= metrics["mAP"] <= 1.0
   assert np.isfinite(metrics["ftfc7"]["mAP"]) and metrics["trunk_is_random"]
-  for name in ("config.json", "head.npz", "svms.npz", "bbox.npz", "metrics.json", "detections.npz"):
+  for name in ("config.json", "system/head", "system/svms", "system/bbox", "metrics.json", "detections.npz"):
     assert (tmp_path / name).exists(), name
   cached = sorted((tmp_path / "cache").rglob("*.npz"))
   assert len(cached) == 5
+  assert all(cache.read(p)["pool5"].dtype == np.float16 for p in cached)
   mtimes = [p.stat().st_mtime_ns for p in cached]
 
   def fail(*args, **kwargs):
     raise AssertionError("features were recomputed although they are cached")
 
-  monkeypatch.setattr(pipeline.feats, "window_features", fail)
+  monkeypatch.setattr(cache.feats, "window_features", fail)
   with count_compiles() as compiles:
     again = pipeline.train_and_evaluate_detection(config, tmp_path, log=lambda s: None)
   assert again["mAP"] == metrics["mAP"]
@@ -272,8 +277,8 @@ def test_end_to_end_tiny_synthetic_and_cache_reuse(tmp_path, monkeypatch):
   assert sum(compiles.values()) == 0, compiles
 
   # Test-time detection on an empty proposal set gives no detections, not an error.
-  config_, trunk, head, svms, regressor, _ = pipeline.load_system(tmp_path)
-  empty = pipeline.detect(np.zeros((0, 1)), np.zeros((0, 4)), (100, 120), head, svms, regressor, config_)
+  system = DetectionSystem.restore(tmp_path, with_trunk=False)
+  empty = system.detect_windows(np.zeros((0, 1)), np.zeros((0, 4)), (100, 120))
   assert empty["boxes"].shape == (0, 4) and empty["scores"].shape == (0,)
 
 

@@ -62,7 +62,7 @@ def test_min_box_size_rule():
 def test_grey_rgba_uint16_and_tiny_inputs():
   rgb = _synthetic()
   ref = P.selective_search(rgb, ks=(100,), strategies=("CTSF",))
-  rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
+  rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)  # opaque: alpha changes nothing
   np.testing.assert_array_equal(P.selective_search(rgba, ks=(100,), strategies=("CTSF",)), ref)
   np.testing.assert_array_equal(P.selective_search(rgb.astype(np.uint16) * 257, ks=(100,), strategies=("CTSF",)), ref)
   np.testing.assert_array_equal(P.selective_search(rgb / 255.0, ks=(100,), strategies=("CTSF",)), ref)

@@ -16,7 +16,7 @@ Paper counterpart: Table 9/10, SPP-net 1-scale ZF-5 ftfc7 bb 58.0 mAP on VOC 200
 no synthetic number in the paper; the synthetic mAP shows the system works end to end).
 """
 
-from sppnet_jax.detection.pipeline import detection_config
+from sppnet_jax.detection.config import detection_config
 
 
 def get_config(trunk_workdir: str = ""):

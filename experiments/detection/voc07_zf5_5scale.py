@@ -10,7 +10,7 @@ Paper (Table 9/10, ZF-5 SPP 5-scale): ftfc7 55.2 mAP, ftfc7 bb 59.2 mAP on VOC 2
 0.382 s per image on a GPU (conv 0.293 s + fc 0.089 s), 38x faster than R-CNN (ZF-5).
 """
 
-from sppnet_jax.detection.pipeline import detection_config
+from sppnet_jax.detection.config import detection_config
 
 
 def get_config(trunk_workdir: str = "runs/zf5"):

@@ -29,8 +29,8 @@ the record). The synthetic source's ``num_examples`` is just its length.
 an undecodable example by the next decodable one and counts it.
 
 Every source has ``__len__`` and ``__getitem__``, so ``grain.MapDataset.source``
-can wrap it. Images are always uint8 RGB: grey, grey+alpha, RGBA, palette and
-16-bit images are converted by :func:`to_rgb_uint8`.
+can wrap it. Images are always uint8 RGB: decoding and conversion (grey, alpha, palette,
+16-bit) follow the one policy of :mod:`sppnet_jax.data.decode`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sppnet_jax.data.decode import CorruptImageError, as_rgb_uint8, decode_image_file, to_rgb_uint8
 from sppnet_jax.data.synthetic import CLASS_NAMES, SyntheticClassification
 
 __all__ = [
@@ -63,75 +64,6 @@ CLASSES_FILE = 'classes.json'
 HOLDOUT_SPLIT = 'validation'
 _FOLDER_PREFIX = 'folder:'
 _log = logging.getLogger(__name__)
-
-
-class CorruptImageError(ValueError):
-  """An image file that cannot be decoded (truncated, not an image, unsupported)."""
-
-
-def to_rgb_uint8(image: Any, *, name: str = 'image') -> np.ndarray:
-  """Convert an image array to uint8 RGB (H, W, 3).
-
-  Handles grey (H, W) or (H, W, 1) (replicated to 3 channels), grey+alpha
-  (H, W, 2) and RGBA (H, W, 4) (composited over white, so transparent areas
-  do not turn black), 16-bit integers (scaled by 1/257 to 0-255), other
-  integers (clipped to 0-255), floats (assumed in [0, 1] when the maximum is
-  at most 1, else [0, 255]) and booleans. ``name`` goes into error messages.
-  """
-  a = np.asarray(image)
-  if a.ndim == 2:
-    a = a[..., None]
-  if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
-    raise ValueError(f'{name}: expected an image of shape (H, W), (H, W, 1|2|3|4), '
-                     f'got {a.shape}')
-  if a.dtype == np.uint8:
-    f = None
-  elif a.dtype == bool:
-    f = a.astype(np.float32) * 255.0
-  elif a.dtype == np.uint16 or (np.issubdtype(a.dtype, np.integer) and a.max(initial=0) > 255):
-    f = a.astype(np.float32) / 257.0
-  elif np.issubdtype(a.dtype, np.integer):
-    f = a.astype(np.float32)
-  elif np.issubdtype(a.dtype, np.floating):
-    f = a.astype(np.float32)
-    if np.nanmax(f, initial=0.0) <= 1.0:
-      f = f * 255.0
-  else:
-    raise ValueError(f'{name}: unsupported pixel dtype {a.dtype}')
-  if f is not None:
-    a = np.clip(np.round(np.nan_to_num(f)), 0, 255).astype(np.uint8)
-  c = a.shape[2]
-  if c in (2, 4):  # composite over white using the alpha channel
-    alpha = a[..., -1:].astype(np.float32) / 255.0
-    colour = a[..., :-1].astype(np.float32)
-    a = np.round(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    c -= 1
-  if c == 1:
-    a = np.repeat(a, 3, axis=2)
-  return np.ascontiguousarray(a)
-
-
-def decode_image_file(path: str | os.PathLike) -> np.ndarray:
-  """Read an image file into uint8 RGB (H, W, 3); raise :class:`CorruptImageError` naming it."""
-  from PIL import Image, UnidentifiedImageError
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'file not found: {os.fspath(path)}')
-  try:
-    with Image.open(path) as img:
-      img.load()
-      if img.mode == 'P':
-        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
-      elif img.mode not in ('1', 'L', 'LA', 'RGB', 'RGBA', 'I', 'F') and \
-          not img.mode.startswith('I;16'):
-        img = img.convert('RGB')  # CMYK, YCbCr, LAB, ...
-      array = np.array(img)
-      if img.mode.startswith('I;16') or img.mode == 'I':
-        array = array.astype(np.uint16 if array.max(initial=0) <= 65535 else np.uint32)
-  except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
-    raise CorruptImageError(
-      f'cannot decode image file {os.fspath(path)!r} ({type(e).__name__}: {e}); '
-      'delete or replace the file') from e
-  return to_rgb_uint8(array, name=os.fspath(path))
 
 
 def _as_str(value: Any) -> str:
@@ -176,17 +108,8 @@ class TfdsClassificationSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     raw = self._source[int(index)]
-    image = raw['image']
     where = f'{self.name}[{self.split}][{index}]'
-    if isinstance(image, (bytes, bytearray)):
-      import io
-      from PIL import Image
-      try:
-        with Image.open(io.BytesIO(image)) as img:
-          image = np.array(img.convert('RGB'))
-      except Exception as e:
-        raise CorruptImageError(f'cannot decode the image of {where}: {e}') from e
-    out = {'image': to_rgb_uint8(image, name=where), 'label': int(np.asarray(raw['label']))}
+    out = {'image': as_rgb_uint8(raw['image'], name=where), 'label': int(np.asarray(raw['label']))}
     for key in ('file_name', 'image/file_name', 'image/filename', 'filename'):
       if key in raw:
         out['filename'] = _as_str(raw[key])

@@ -7,7 +7,8 @@ of its assigned GT box. Following the authors' code (R-CNN ``rcnn_train_bbox_reg
 * training windows: those whose best IoU with a GT box is **strictly greater** than
   ``min_overlap`` = 0.5 (the code's ``> 0.5``; the paper's text says "at least 50%"), assigned to
   that best GT and its class; difficult GT are not used as targets unless asked;
-* features are multiplied by one scale that makes their mean L2 norm 20 (stored);
+* features are multiplied by one scale that makes their mean L2 norm 20 (``scaling.mean_norm_scale``,
+  stored);
 * a constant-1 bias column is appended and regularised together with the weights
   (``(Xa' Xa + lambda I) W = Xa' Y``, lambda = 4000);
 * targets are whitened per class: centred, then decorrelated with
@@ -23,12 +24,13 @@ examples as feature dimensions, otherwise in the equivalent dual ``N x N`` syste
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Iterable, Union
 
 import numpy as np
 import scipy.linalg
 
 from sppnet_jax.detection.boxes import as_boxes, decode_boxes, encode_boxes, iou_matrix
+from sppnet_jax.detection.scaling import mean_norm_scale
 
 WHITEN_EPS = 0.001
 
@@ -127,7 +129,9 @@ def fit(features: np.ndarray, windows: np.ndarray, target_boxes: np.ndarray, lab
       is estimated on ``features`` unless given). whiten: 'zca', 'std' or 'none'.
     solver: 'auto', 'primal' or 'dual'. min_examples: classes with fewer examples stay untrained.
   """
-  x = np.asarray(features, np.float64)
+  x = np.asarray(features)
+  if not np.issubdtype(x.dtype, np.floating):
+    x = x.astype(np.float64)
   windows = as_boxes(windows, "windows")
   target_boxes = as_boxes(target_boxes, "target_boxes")
   labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -138,10 +142,10 @@ def fit(features: np.ndarray, windows: np.ndarray, target_boxes: np.ndarray, lab
     raise ValueError(f"labels must lie in [0, {num_classes}); got values in [{labels.min()}, {labels.max()}].")
   dim = x.shape[1]
   if feature_scale is None:
-    mean_norm = float(np.linalg.norm(x, axis=1).mean()) if len(x) else 0.0
-    if not mean_norm > 0:
-      raise ValueError("cannot estimate the feature scale from all-zero (or no) features; pass feature_scale.")
-    feature_scale = target_norm / mean_norm
+    try:
+      feature_scale = mean_norm_scale(x, target_norm)
+    except ValueError as e:
+      raise ValueError(f"{e} Pass feature_scale.") from e
   deltas = encode_boxes(windows, target_boxes)
   reg = BoxRegressor(weights=np.zeros((num_classes, dim, 4), np.float32), biases=np.zeros((num_classes, 4), np.float32),
                      target_mean=np.zeros((num_classes, 4)), target_unwhiten=np.tile(np.eye(4), (num_classes, 1, 1)),
@@ -152,7 +156,7 @@ def fit(features: np.ndarray, windows: np.ndarray, target_boxes: np.ndarray, lab
       continue
     mean, t, t_inv = _whitening(deltas[sel], whiten)
     y = (deltas[sel] - mean) @ t
-    xa = np.concatenate([x[sel] * feature_scale, np.ones((int(sel.sum()), 1))], axis=1)
+    xa = np.concatenate([x[sel].astype(np.float64) * feature_scale, np.ones((int(sel.sum()), 1))], axis=1)
     w = ridge_solve(xa, y, lam, solver)
     reg.weights[c], reg.biases[c] = w[:-1], w[-1]
     reg.target_mean[c], reg.target_unwhiten[c], reg.trained[c] = mean, t_inv, True
@@ -197,18 +201,41 @@ def apply(reg: BoxRegressor, features: np.ndarray, windows: np.ndarray,
   return decode_boxes(windows, deltas)
 
 
-def fit_from_images(per_image: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
-                    num_classes: int, min_overlap: float = 0.5, **kwargs) -> BoxRegressor:
-  """Convenience: selects the training windows of every ``(features, windows, gt_boxes, gt_labels,
-  gt_difficult)`` image and calls :func:`fit` (keyword arguments are passed on)."""
+RegressionImage = tuple  # (features, windows, gt_boxes, gt_labels, gt_difficult)
+
+
+def fit_from_images(per_image: Iterable[Union[RegressionImage, Callable[[], RegressionImage]]], num_classes: int,
+                    min_overlap: float = 0.5, max_per_class: int | None = None, **kwargs) -> BoxRegressor:
+  """Selects the training windows of every image and calls :func:`fit` (keyword arguments are passed on).
+
+  ``per_image`` yields ``(features, windows, gt_boxes, gt_labels, gt_difficult)`` per image, or
+  zero-argument callables returning one (read one at a time, so a feature cache is streamed).
+  Only the selected rows are kept, in the features' own dtype (16-bit from a 16-bit cache).
+  ``max_per_class``: keep at most this many windows per class, the first ones in image order
+  (None: all), which bounds memory whatever the number of images.
+  """
   feats, wins, targets, labels = [], [], [], []
-  for features, windows, gt_boxes, gt_labels, gt_difficult in per_image:
+  kept = np.zeros(num_classes, np.int64)
+  images = 0
+  for item in per_image:
+    features, windows, gt_boxes, gt_labels, gt_difficult = item() if callable(item) else item
+    images += 1
     rows, tgt, lab = select_training_windows(windows, gt_boxes, gt_labels, gt_difficult, min_overlap)
+    if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
+      raise ValueError(f"image {images - 1}: GT labels must lie in [0, {num_classes}); got {np.unique(lab).tolist()}.")
+    if max_per_class is not None:
+      rank = np.zeros(len(lab), np.int64)
+      for c in np.unique(lab):
+        at = np.flatnonzero(lab == c)
+        rank[at] = kept[c] + np.arange(len(at))
+      take = rank < max_per_class
+      rows, tgt, lab = rows[take], tgt[take], lab[take]
+    np.add.at(kept, lab, 1)
     feats.append(np.asarray(features)[rows])
     wins.append(as_boxes(windows)[rows])
     targets.append(tgt)
     labels.append(lab)
-  if not feats:
+  if not images:
     raise ValueError("fit_from_images needs at least one image.")
   return fit(np.concatenate(feats), np.concatenate(wins), np.concatenate(targets), np.concatenate(labels),
              num_classes, **kwargs)

@@ -5,20 +5,21 @@ Every source is a random-access sequence of examples
 ``{'image': uint8 (H, W, 3), 'boxes': float32 (N, 4), 'labels': int64 (N,), 'difficult': bool (N,), 'id': str}``
 
 with boxes in pixel ``[x1, y1, x2, y2]``, 0-based and inclusive (the project convention, see
-``sppnet_jax.detection.boxes``), labels in ``1..K`` (0 is reserved for background) and
-``difficult`` the VOC flag. Images are converted to 8-bit RGB (grey, grey+alpha, RGBA, 16-bit
-and float images are accepted); an image that cannot be decoded, is empty or is smaller than
-``min_side`` pixels raises ValueError naming the image.
+``sppnet_jax.detection.boxes``), labels in ``0..K-1`` (the
+project's one label convention; a background class exists only inside fine-tuning) and
+``difficult`` the VOC flag. Images are decoded and converted to 8-bit RGB by the project's one
+policy (:mod:`sppnet_jax.data.decode`: alpha composited over white, 16-bit divided by 257); an
+image that cannot be decoded, is empty or is smaller than ``min_side`` pixels raises ValueError
+naming the image.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import numpy as np
 
-from sppnet_jax.data import sources as data_sources
+from sppnet_jax.data import decode, sources as data_sources
 from sppnet_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from sppnet_jax.data.synthetic import SyntheticDetection
 from sppnet_jax.detection.boxes import clip_boxes, tfds_to_pixel
@@ -33,7 +34,7 @@ DEFAULT_MIN_SIDE = 32
 
 
 def class_names(name: str) -> tuple[str, ...]:
-  """Foreground class names of source ``name`` ('synthetic' or 'voc2007'), index k -> label k+1."""
+  """Class names of source ``name`` ('synthetic' or 'voc2007'); label k is ``names[k]``."""
   if name == "synthetic":
     return tuple(SYNTHETIC_CLASS_NAMES)
   if name in ("voc2007", "voc/2007"):
@@ -46,19 +47,10 @@ def check_image(image: Any, name: str, min_side: int = DEFAULT_MIN_SIDE) -> np.n
 
   Encoded bytes (PNG/JPEG) are decoded; grey, RGBA and 16-bit arrays are converted.
   """
-  if isinstance(image, (bytes, bytearray)):
-    from PIL import Image
-    try:
-      with Image.open(io.BytesIO(image)) as img:
-        img.load()
-        image = np.array(img)
-    except Exception as e:
-      raise ValueError(f"image {name!r} cannot be decoded ({type(e).__name__}: {e}); the file is corrupt or "
-                       "not an image. Remove it from the split or replace it.") from e
   try:
-    rgb = data_sources.to_rgb_uint8(image, name=f"image {name!r}")
+    rgb = decode.as_rgb_uint8(image, name=str(name))
   except ValueError as e:
-    raise ValueError(f"{e}. Remove the image from the split or fix the file.") from e
+    raise type(e)(f"{e}. Remove the image from the split or fix the file.") from e
   h, w = rgb.shape[:2]
   if min(h, w) < min_side:
     raise ValueError(f"image {name!r} is {h}x{w} pixels; detection needs at least {min_side} pixels per side. "
@@ -71,7 +63,7 @@ def make_example(image: Any, boxes: Any, labels: Any, difficult: Any | None, ima
   """Builds and validates one example in the format of the module docstring.
 
   Boxes are clipped to the image (annotations one pixel outside are common); inverted or
-  non-finite boxes and labels outside ``1..num_classes`` raise ValueError naming the image.
+  non-finite boxes and labels outside ``0..num_classes-1`` raise ValueError naming the image.
   """
   rgb = check_image(image, image_id, min_side)
   h, w = rgb.shape[:2]
@@ -86,9 +78,9 @@ def make_example(image: Any, boxes: Any, labels: Any, difficult: Any | None, ima
   lab = np.asarray(labels, np.int64).reshape(-1)
   if len(lab) != len(b):
     raise ValueError(f"image {image_id!r} has {len(b)} boxes but {len(lab)} labels.")
-  if len(lab) and (lab.min() < 1 or (num_classes is not None and lab.max() > num_classes)):
-    raise ValueError(f"image {image_id!r} has labels {lab.tolist()}; foreground labels must lie in "
-                     f"1..{num_classes or 'K'} (0 is background).")
+  if len(lab) and (lab.min() < 0 or (num_classes is not None and lab.max() >= num_classes)):
+    top = "K-1" if num_classes is None else num_classes - 1
+    raise ValueError(f"image {image_id!r} has labels {lab.tolist()}; labels must lie in 0..{top}.")
   diff = np.zeros(len(b), bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
   if len(diff) != len(b):
     raise ValueError(f"image {image_id!r} has {len(b)} boxes but {len(diff)} difficult flags.")
@@ -96,7 +88,7 @@ def make_example(image: Any, boxes: Any, labels: Any, difficult: Any | None, ima
 
 
 class SyntheticDetectionSource:
-  """The built-in synthetic scenes (``SyntheticDetection``) in the detection format (labels 1..12)."""
+  """The built-in synthetic scenes (``SyntheticDetection``) in the detection format (labels 0..11)."""
 
   def __init__(self, split: str, num_examples: int, seed: int = 0):
     self._source = SyntheticDetection(split, num_examples, seed)
@@ -113,7 +105,7 @@ class SyntheticDetectionSource:
     image, objects = self._source.render(int(index))
     # SceneObject boxes are (ymin, xmin, ymax, xmax) with exclusive ends.
     boxes = np.array([[o.box[1], o.box[0], o.box[3] - 1, o.box[2] - 1] for o in objects], np.float32).reshape(-1, 4)
-    return make_example(image, boxes, [o.label + 1 for o in objects], [o.difficult for o in objects],
+    return make_example(image, boxes, [o.label for o in objects], [o.difficult for o in objects],
                         f"synthetic_{self.split}_{int(index):06d}", len(self.class_names))
 
 
@@ -122,8 +114,8 @@ class VocDetectionSource:
   TFDS-format examples passed as ``data_source``.
 
   TFDS stores ``objects/bbox`` as normalised ``[ymin, xmin, ymax, xmax]`` of VOC's 1-based
-  corners; they are converted back to 0-based integer pixels (``tfds_to_pixel``) and labels
-  shifted to ``1..20``. Works on real array_record data (lists, bytes file names, encoded
+  corners; they are converted back to 0-based integer pixels (``tfds_to_pixel``); labels are
+  TFDS's ``0..19``. Works on real array_record data (lists, bytes file names, encoded
   images) and on mocked data (numpy arrays, str).
   """
 
@@ -165,7 +157,7 @@ class VocDetectionSource:
     objects = raw.get("objects", {})
     bbox = np.asarray(objects.get("bbox", np.zeros((0, 4))), np.float64).reshape(-1, 4)
     boxes = tfds_to_pixel(bbox, h, w, one_based=True, round_coords=True) if len(bbox) else np.zeros((0, 4))
-    labels = np.asarray(objects.get("label", np.zeros(0)), np.int64).reshape(-1) + 1
+    labels = np.asarray(objects.get("label", np.zeros(0)), np.int64).reshape(-1)
     difficult = objects.get("is_difficult")
     return make_example(rgb, boxes, labels, difficult, image_id, len(VOC_CLASS_NAMES))
 

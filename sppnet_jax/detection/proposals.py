@@ -32,11 +32,10 @@ Colour images are 8-bit: HSV is scaled from [0, 1] to [0, 255]; Lab maps L from 
 [0, 255] and a, b by +128 (clipped to [0, 255]). They are passed as uint8 to skimage, which
 rescales the image and ``scale`` consistently with the reference 0-255 implementation.
 
-Input images: (H, W) grey, (H, W, 1) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB or
-(H, W, 4) RGBA. Grey is replicated to RGB; alpha is dropped (not composited). dtypes: uint8
-as is; uint16 divided by 257; other integers must lie in [0, 255]; bool maps to {0, 255};
-floats must be finite and are read as [0, 1] if their maximum is <= 1, else as [0, 255].
-Images with a side shorter than ``min_box_size`` give an empty ``(0, 4)`` array.
+Input images: any array :func:`sppnet_jax.data.decode.to_rgb_uint8` accepts (grey, grey + alpha,
+RGB, RGBA; 8- or 16-bit integers, bool, floats), converted under that module's one policy (alpha
+composited over white, 16-bit divided by 257). Images with a side shorter than ``min_box_size``
+give an empty ``(0, 4)`` array.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from skimage.color import rgb2hsv, rgb2lab
 from skimage.segmentation import felzenszwalb
 from skimage.transform import resize
 
+from sppnet_jax.data.decode import to_rgb_uint8
 from sppnet_jax.detection.boxes import as_boxes, iou_matrix
 
 FAST_KS = (50, 100)
@@ -59,52 +59,6 @@ FAST_STRATEGIES = ("CTSF", "TSF")
 COLOUR_BINS = 25
 TEXTURE_ORIENTATIONS = 8
 TEXTURE_BINS = 10
-
-
-# ---------------------------------------------------------------------------- image input
-
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-  """Converts a grey, grey+alpha, RGB or RGBA image of any common dtype to (H, W, 3) uint8.
-
-  See the module docstring for the rules. Raises ValueError for an unsupported shape or dtype,
-  an empty image, non-finite values or integers outside the range their dtype implies.
-  """
-  img = np.asarray(image)
-  if img.dtype == object or not (np.issubdtype(img.dtype, np.number) or img.dtype == bool):
-    raise ValueError(f"image must be a numeric array; got dtype {img.dtype}. Decode the file to an array first.")
-  if img.ndim == 3 and img.shape[2] in (1, 2):
-    img = img[:, :, 0]
-  if img.ndim == 2:
-    img = np.repeat(img[:, :, None], 3, axis=2)
-  elif img.ndim == 3 and img.shape[2] == 4:
-    img = img[:, :, :3]
-  if img.ndim != 3 or img.shape[2] != 3:
-    raise ValueError(f"image must be (H, W), (H, W, 1|2|3|4); got shape {np.shape(image)}. "
-                     "Use channels-last layout for a single image.")
-  if img.size == 0:
-    raise ValueError(f"image is empty (shape {np.shape(image)}); the file may be truncated or failed to decode.")
-  if img.dtype == np.uint8:
-    return np.ascontiguousarray(img)
-  if img.dtype == bool:
-    return img.astype(np.uint8) * 255
-  if img.dtype == np.uint16:
-    return np.round(img / 257.0).astype(np.uint8)
-  if np.issubdtype(img.dtype, np.integer):
-    lo, hi = int(img.min()), int(img.max())
-    if lo < 0 or hi > 255:
-      raise ValueError(f"integer image of dtype {img.dtype} has values in [{lo}, {hi}]; expected [0, 255]. "
-                       "Rescale it to uint8 (or pass uint16 data as dtype uint16).")
-    return img.astype(np.uint8)
-  if np.issubdtype(img.dtype, np.complexfloating):
-    raise ValueError("image is complex-valued; pass a real image.")
-  img = img.astype(np.float64)
-  if not np.isfinite(img).all():
-    raise ValueError("image contains NaN or infinite values; the data is corrupt or was not normalised.")
-  lo, hi = float(img.min()), float(img.max())
-  if lo < 0 or hi > 255:
-    raise ValueError(f"float image has values in [{lo:g}, {hi:g}]; expected [0, 1] or [0, 255].")
-  scale = 255.0 if hi <= 1.0 else 1.0
-  return np.clip(np.round(img * scale), 0, 255).astype(np.uint8)
 
 
 def colour_image(rgb: np.ndarray, space: str) -> np.ndarray:
@@ -274,7 +228,7 @@ def selective_search(image: np.ndarray, ks: Sequence[int] = FAST_KS,
   Returns:
     (N, 4) float32 ranked boxes ``[x1, y1, x2, y2]``, 0-based inclusive, inside the image.
   """
-  rgb = to_rgb_uint8(image)
+  rgb = to_rgb_uint8(image, name="selective_search image")
   h, w = rgb.shape[:2]
   if min(h, w) < min_box_size:
     return np.zeros((0, 4), np.float32)

@@ -114,30 +114,31 @@ def evaluate_rcnn(workdir: str, max_images: int | None = None, max_windows: int 
   The windows are the cached test proposals (capped at ``max_windows`` per image if given); the
   fine-tuned head, the SVMs and box regressors are the ones trained on SPP-net features (the
   same classifiers, as in the paper's Table 10 comparison, but not re-trained on warped
-  features). Returns ``{'ftfc7': {...}, 'ftfc7_bb': {...}, 'images', 'windows_per_image'}``.
+  features); scoring is the same test-time loop (``system.evaluate``). Returns
+  ``{'ftfc7': {...}, 'ftfc7_bb': {...}, 'images', 'windows_per_image'}``.
   """
-  from sppnet_jax.detection import pipeline
-  config, trunk, head, svms, regressor, names = pipeline.load_system(workdir)
-  train_src, test_src = pipeline._sources(config)
-  del train_src
-  cache = pipeline.split_cache_dir(workdir, config, trunk, "test")
-  paths = sorted(cache.glob("*.npz"))[:max_images]
+  from sppnet_jax.detection import cache, data as det_data, system as system_lib
+  det = system_lib.DetectionSystem.restore(workdir)
+  config, trunk = det.config, det.trunk
+  test_src = det_data.get_detection_source(config.dataset, config.test_split, config.get("num_test"),
+                                           int(config.seed), config.get("data_dir"))
+  directory = cache.split_dir(workdir, config, trunk, "test")
+  paths = sorted(directory.glob("*.npz"))[:max_images]
   if not paths:
-    raise FileNotFoundError(f"no cached test windows in {cache}; run train_and_evaluate_detection first.")
-  cached, dets, dets_bb, counts = [], [], [], []
-  for path in paths:
-    c = pipeline.load_cached(path)
-    windows = c["windows"][:max_windows]
-    image = test_src[int(path.stem)]["image"]
-    wf = rcnn_window_features(trunk.model, trunk.params, image, windows, trunk.settings, warp_size, batch,
-                              context_pad, with_fc7=False)
-    cached.append(c)
-    counts.append(len(windows))
-    dets.append(pipeline.detect(wf.pool5, windows, c["image_hw"], head, svms, None, config, batch))
-    if regressor is not None:
-      dets_bb.append(pipeline.detect(wf.pool5, windows, c["image_hw"], head, svms, regressor, config, batch))
-  out = {"ftfc7": pipeline.evaluate(dets, cached, names), "images": len(paths),
-         "windows_per_image": float(np.mean(counts))}
-  if regressor is not None:
-    out["ftfc7_bb"] = pipeline.evaluate(dets_bb, cached, names)
+    raise FileNotFoundError(f"no cached test windows in {directory}; run train_and_evaluate_detection first.")
+  counts = []
+
+  def images():
+    for path in paths:
+      c = cache.read_fields(path, ("windows", "image_hw", "gt_boxes", "gt_labels", "gt_difficult"))
+      windows = c["windows"][:max_windows]
+      wf = rcnn_window_features(trunk.model, trunk.params, test_src[int(path.stem)]["image"], windows,
+                                trunk.settings, warp_size, batch, context_pad, with_fc7=False)
+      counts.append(len(windows))
+      yield wf.pool5, windows, c["image_hw"], cache.gt_of(c)
+
+  res = system_lib.evaluate(det, images())
+  out = {"ftfc7": res["ftfc7"], "images": res["images"], "windows_per_image": float(np.mean(counts))}
+  if "ftfc7_bb" in res:
+    out["ftfc7_bb"] = res["ftfc7_bb"]
   return out

@@ -14,7 +14,8 @@ each image is fetched twice: once for positives, once for mining):
 Recipe (R-CNN ``rcnn_train.m`` defaults, which SPP-net's code reuses):
 
 * features are multiplied by one global scale so that their mean L2 norm is ``target_norm`` (20),
-  estimated on the windows of a seeded sample of images; the scale is stored with the model;
+  estimated on the windows of a seeded sample of images (``scaling.mean_norm_scale``); the scale
+  is stored with the model;
 * positives of class c: the non-difficult GT boxes of class c;
 * negatives of class c: windows whose IoU with every GT box of class c (difficult ones included,
   so that windows on a difficult object are never negatives) is below ``negative_iou`` (0.3);
@@ -39,6 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from sppnet_jax.detection.boxes import as_boxes, iou_matrix
+from sppnet_jax.detection.scaling import mean_norm_scale
 
 
 @dataclasses.dataclass
@@ -101,16 +103,6 @@ def load_image(source: ImageSource, index: int = 0) -> ImageFeatures:
       raise ValueError(f"image {index}: gt_features must be (G, D) = ({len(labels)}, {feats.shape[1]}); "
                        f"got {gt_feats.shape}.")
   return ImageFeatures(feats, boxes, gt_boxes, labels, difficult, gt_feats)
-
-
-def feature_scale_for(features: Sequence[np.ndarray], target_norm: float = 20.0) -> float:
-  """The factor that makes the mean L2 norm of the given feature rows equal ``target_norm``."""
-  norms = np.concatenate([np.linalg.norm(np.asarray(f, np.float64), axis=1) for f in features if len(f)]
-                         or [np.zeros(0)])
-  mean = float(norms.mean()) if norms.size else 0.0
-  if not mean > 0:
-    raise ValueError("cannot compute a feature scale: the sampled features are all zero or there are none.")
-  return target_norm / mean
 
 
 def score(features: np.ndarray, svm: LinearSVMs) -> np.ndarray:
@@ -188,7 +180,7 @@ def train_svms(per_image: Sequence[ImageSource], num_classes: int, C: float = 0.
       elif len(im.boxes):
         rows = (iou_matrix(im.boxes, im.gt_boxes[sel]) >= positive_iou).any(axis=1)
         positives[c].append(im.features[rows])
-  scale = float(feature_scale) if feature_scale is not None else feature_scale_for(scale_rows, target_norm)
+  scale = float(feature_scale) if feature_scale is not None else mean_norm_scale(scale_rows, target_norm)
   pos = [np.concatenate(p) * np.float32(scale) if p else np.zeros((0, dim), np.float32) for p in positives]
 
   # Pass 2: hard-negative mining.

@@ -1,0 +1,200 @@
+"""Fine-tuning fc6, fc7 and a new (K+1)-way fc8 on cached pooled features, conv frozen.
+
+Labels: windows with IoU >= ``fg_iou`` (0.5) with a non-difficult GT box of class c (0..K-1) are
+positives of c, windows whose best IoU is in [``bg_iou_low``, ``bg_iou_high``) background; the rest
+are unused. The background class exists only here: the fc8 output 0 is background and foreground
+class c is output c + 1 (``finetune_class``); nothing outside this module sees that index.
+
+Memory does not grow with the number of images. A first pass reads only the windows and GT of each
+cached image (not its features) to count the usable windows. Then :class:`WindowPools` streams the
+features: images in a seeded order (a new permutation per pass), ``pool_images`` at a time, their
+usable rows kept in the cache's 16-bit dtype; ``pool_steps`` mini-batches are drawn from a pool
+(``batch_size`` rows, ``fg_fraction`` of them positives, uniformly with replacement within the
+pool), then the next pool is read.
+
+The step is the classification training's (``train.make_optimizer``: weight decay on kernels
+added to the gradient, heavy-ball momentum; ``train.make_train_step`` on the fc head, the learning
+rate an argument, so the step schedule never recompiles). The loop never waits for the device:
+losses stay on the device until each ``log_every`` boundary, where a non-finite one stops the run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sppnet_jax import models
+from sppnet_jax.detection import boxes as box_ops
+from sppnet_jax.detection import cache
+
+BACKGROUND = 0
+UNUSED = -1
+
+
+def finetune_class(labels: np.ndarray) -> np.ndarray:
+  """fc8 output of foreground classes 0..K-1 (output 0 is background)."""
+  return np.asarray(labels, np.int64) + 1
+
+
+def window_labels(windows: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray, gt_difficult: np.ndarray,
+                  fg_iou: float = 0.5, bg_low: float = 0.1, bg_high: float = 0.5) -> np.ndarray:
+  """fc8 target of each window: ``finetune_class(c)`` (IoU >= fg_iou with a non-difficult GT of class c),
+  ``BACKGROUND`` (best IoU in [bg_low, bg_high)) or ``UNUSED``."""
+  keep = ~np.asarray(gt_difficult, bool)
+  gt_boxes, gt_labels = np.asarray(gt_boxes)[keep], np.asarray(gt_labels)[keep]
+  out = np.full(len(windows), UNUSED, np.int64)
+  if len(windows) == 0 or len(gt_boxes) == 0:
+    return out  # without GT every window has IoU 0 < bg_low
+  iou = box_ops.iou_matrix(windows, gt_boxes)
+  best = iou.argmax(1)
+  top = iou[np.arange(len(windows)), best]
+  out[(top >= bg_low) & (top < bg_high)] = BACKGROUND
+  fg = top >= fg_iou
+  out[fg] = finetune_class(gt_labels[best[fg]])
+  return out
+
+
+def _labels_of(path, f: ml_collections.ConfigDict) -> np.ndarray:
+  c = cache.read_fields(path, ("windows", "gt_boxes", "gt_labels", "gt_difficult"))
+  return window_labels(c["windows"], c["gt_boxes"], c["gt_labels"], c["gt_difficult"], float(f.fg_iou),
+                       float(f.bg_iou_low), float(f.bg_iou_high))
+
+
+def count_windows(paths: Sequence, f: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(foreground, background) usable windows over the cached images (features are not read)."""
+  fg = bg = 0
+  for p in paths:
+    lab = _labels_of(p, f)
+    fg += int((lab > BACKGROUND).sum())
+    bg += int((lab == BACKGROUND).sum())
+  return fg, bg
+
+
+class WindowPools:
+  """Fine-tuning mini-batches streamed from the cache (see the module docstring).
+
+  Iterating yields ``(features float32 (B, D), fc8 targets int32 (B,))`` forever.
+  """
+
+  def __init__(self, paths: Sequence, f: ml_collections.ConfigDict, seed: int):
+    if not len(paths):
+      raise ValueError("fine-tuning needs at least one cached training image.")
+    self.paths, self.f = list(paths), f
+    self.pool_images, self.pool_steps = int(f.pool_images), int(f.pool_steps)
+    if self.pool_images < 1 or self.pool_steps < 1:
+      raise ValueError(f"finetune.pool_images and finetune.pool_steps must be >= 1; got {self.pool_images}, "
+                       f"{self.pool_steps}.")
+    self.n_fg = max(1, int(round(int(f.batch_size) * float(f.fg_fraction))))
+    self.n_bg = int(f.batch_size) - self.n_fg
+    self.rng = np.random.default_rng(seed)
+
+  def _images(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(usable rows' features, their targets) per image, in a seeded order that changes every pass."""
+    while True:
+      for i in self.rng.permutation(len(self.paths)):
+        c = cache.read(self.paths[i])
+        lab = window_labels(c["windows"], c["gt_boxes"], c["gt_labels"], c["gt_difficult"], float(self.f.fg_iou),
+                            float(self.f.bg_iou_low), float(self.f.bg_iou_high))
+        rows = np.flatnonzero(lab != UNUSED)
+        yield c["pool5"][rows], lab[rows]
+
+  def pools(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pools of at least ``pool_images`` images holding at least one foreground and one background window."""
+    images = self._images()
+    while True:
+      xs, ys, n = [], [], 0
+      while n < self.pool_images or not (any((y > BACKGROUND).any() for y in ys) and
+                                         any((y == BACKGROUND).any() for y in ys)):
+        x, y = next(images)
+        xs.append(x), ys.append(y)
+        n += 1
+        if n > self.pool_images + len(self.paths):
+          raise ValueError("the cached training images have no foreground or no background window: cannot "
+                           "fine-tune.")
+      yield np.concatenate(xs), np.concatenate(ys)
+
+  def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for x, y in self.pools():
+      fg, bg = np.flatnonzero(y > BACKGROUND), np.flatnonzero(y == BACKGROUND)
+      for _ in range(self.pool_steps):
+        rows = np.concatenate([self.rng.choice(fg, self.n_fg), self.rng.choice(bg, self.n_bg)])
+        yield x[rows].astype(np.float32), y[rows].astype(np.int32)
+
+
+def init_finetune_head(trunk_head: Any, num_classes: int, fc8_std: float, seed: int) -> dict:
+  """fc6/fc7 copied from the trunk's head, a new ``num_classes``-way fc8 ~ N(0, fc8_std^2), bias 0."""
+  fc_width = int(trunk_head["fc7"]["kernel"].shape[1])
+  kernel = fc8_std * jax.random.normal(jax.random.key(seed), (fc_width, num_classes), jnp.float32)
+  return {"fc6": trunk_head["fc6"], "fc7": trunk_head["fc7"],
+          "fc8": {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}}
+
+
+def learning_rate(f: ml_collections.ConfigDict, step: int) -> float:
+  """``f.lr`` times ``f.lr_decay`` for every boundary in ``f.lr_boundaries`` at or below ``step``."""
+  return float(f.lr) * float(f.lr_decay) ** sum(step >= int(b) for b in f.lr_boundaries)
+
+
+def _optimizer_config(f: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The classification optimizer's settings (``train.make_optimizer``) for fine-tuning: SGD."""
+  return ml_collections.ConfigDict({"train": {"optimizer": "sgd", "momentum": float(f.momentum),
+                                              "weight_decay": float(f.weight_decay)}})
+
+
+def finetune_head(batches: Iterator[tuple[np.ndarray, np.ndarray]], trunk_head: Any, num_classes: int,
+                  config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
+                  writer=None) -> tuple[dict, dict]:
+  """Fine-tunes fc6, fc7 and a new ``num_classes``-way fc8 (K + 1) on ``batches`` for ``finetune.steps``.
+
+  ``batches`` yields ``(features (B, D), fc8 targets (B,))`` (a :class:`WindowPools`). Returns
+  ``(params, stats)``; a non-finite loss raises FloatingPointError at the next log boundary.
+  """
+  from sppnet_jax import train  # lazy: pulls in orbax and grain
+  f = config.finetune
+  fc_width = int(trunk_head["fc7"]["kernel"].shape[1])
+  head = models.Head(num_classes=num_classes, fc_width=fc_width, dropout=float(f.dropout), dtype=jnp.float32)
+  tx = train.make_optimizer(_optimizer_config(f))
+  params = init_finetune_head(trunk_head, num_classes, float(f.fc8_std), int(config.seed))
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  step = jax.jit(train.make_train_step(head, tx))
+  key = jax.random.key(int(config.seed) + 1)
+  steps, every = int(f.steps), max(1, int(f.log_every))
+  pending, last, start = [], {}, time.time()
+  for t in range(steps):
+    x, y = next(batches)
+    state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), learning_rate(f, t), key)
+    pending.append((metrics["loss"], metrics["top1_error"], metrics["finite"]))
+    if (t + 1) % every == 0 or t + 1 == steps:
+      loss, err, finite = (np.asarray(v) for v in zip(*jax.device_get(pending)))
+      if not finite.all():
+        bad = t + 1 - len(pending) + int(np.flatnonzero(~finite)[0])
+        raise FloatingPointError(f"fine-tuning loss became {loss[~finite][0]} at step {bad}; lower finetune.lr.")
+      last = {"loss": float(loss.mean()), "acc": float(1.0 - err.mean())}
+      log(f"  fine-tune step {t + 1}/{steps}: loss {last['loss']:.4f} batch acc {last['acc']:.3f} "
+          f"({(time.time() - start) / (t + 1):.3f} s/step)")
+      if writer is not None:
+        writer.write(t + 1, {"finetune/loss": last["loss"], "finetune/acc": last["acc"]})
+      pending = []
+  return jax.device_get(state.params), {"steps": steps, "final_loss": last.get("loss", float("nan"))}
+
+
+def finetune_from_cache(paths: Sequence, trunk_head: Any, num_fg: int, config: ml_collections.ConfigDict,
+                        log: Callable[[str], None] = print, writer=None) -> tuple[dict, dict]:
+  """Counts the usable windows, then fine-tunes on batches streamed from the cache (module docstring)."""
+  f = config.finetune
+  n_fg, n_bg = count_windows(paths, f)
+  if n_fg == 0:
+    raise ValueError(f"no window overlaps a ground-truth box by IoU >= {f.fg_iou}: cannot fine-tune. Check the "
+                     "proposals (recall) and the GT boxes, or add more training images.")
+  if n_bg == 0:
+    raise ValueError(f"no background window (max IoU in [{f.bg_iou_low}, {f.bg_iou_high})) in the training set: "
+                     "cannot fine-tune. Use more proposals per image or more images.")
+  log(f"  fine-tuning on {n_fg} foreground and {n_bg} background windows of {len(paths)} images, streamed "
+      f"{int(f.pool_images)} images at a time")
+  params, stats = finetune_head(iter(WindowPools(paths, f, int(config.seed))), trunk_head, num_fg + 1, config, log,
+                                writer)
+  return params, {**stats, "fg_windows": n_fg, "bg_windows": n_bg}
