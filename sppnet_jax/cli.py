@@ -7,6 +7,7 @@
   sppnet ablation   --workdir DIR [--seeds N] [--noshift]   (the scale ablation on the built-in data)
   sppnet detect     --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
   sppnet detect     --workdir DIR --image PATH [--out detections.png] [--top_k 10] [--score_threshold S]
+  sppnet transfer   --config experiments/transfer/X.py --workdir DIR   (Tables 6-7: SVMs on SPP features)
   sppnet bench      [--out DIR] [--quick] [--[no]torch_compile]
   sppnet check-data --config experiments/X.py [--split train|eval|both] [--workers N]
 
@@ -107,13 +108,13 @@ def _apply_eval_overrides(config, overrides: Sequence[str]) -> None:
 
 
 def _evaluate(args) -> None:
-  from sppnet_jax import evaluate, train
+  from sppnet_jax import evaluate, workdir as workdir_lib
   from sppnet_jax.data import sources
   workdir = _require("workdir")
-  config, model, params, mean = train.load_run(workdir)
+  config, model, params, mean = workdir_lib.load_run(workdir)
   _apply_eval_overrides(config, args)
   names = sources.load_class_names(workdir)
-  source = train.config_source(config.data, "eval", **({"class_names": names} if names else {}))
+  source = workdir_lib.config_source(config.data, "eval", **({"class_names": names} if names else {}))
   results = evaluate.evaluate_run(model, params, source, config=config, mean=mean, workdir=workdir,
                                   view_names=FLAGS.views, sweep=FLAGS.sweep)
   print(json.dumps(results, indent=2))
@@ -148,6 +149,13 @@ def _detect(args) -> None:
   if FLAGS.config is None:
     raise app.UsageError("give --config experiments/detection/X.py to train, or --image PATH to detect.")
   print(json.dumps(pipeline.train_and_evaluate_detection(FLAGS.config, workdir), indent=2, default=str))
+
+
+def _transfer(args) -> None:
+  from sppnet_jax.transfer import run
+  workdir = _require("workdir")
+  run.transfer_and_evaluate(_config("experiments/transfer/synthetic_scenes.py"), workdir)
+  print(open(os.path.join(workdir, run.REPORT_FILE)).read())
 
 
 def _bench(args) -> None:
@@ -193,6 +201,9 @@ COMMANDS: dict[str, Command] = {
                       "[--score_threshold S]",
                       "Trains and evaluates the detection system in DIR, or runs a trained one on one image.",
                       ("config", "workdir", "image", "out", "top_k", "score_threshold")),
+    "transfer": Command(_transfer, "sppnet transfer --config experiments/transfer/X.py --workdir DIR",
+                        "Transfer classification (paper Tables 6-7): features of trained trunks, linear SVMs, "
+                        "the report beside the paper's figures.", ("config", "workdir")),
     "bench": Command(_bench, "sppnet bench [--out DIR] [--quick] [--[no]torch_compile]",
                      "Runs the benchmark suite and writes its results.", ("out", "quick", "torch_compile")),
     "check-data": Command(_check_data, "sppnet check-data --config experiments/X.py [--split train|eval|both] "

@@ -14,7 +14,6 @@ run would have seen.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -22,7 +21,6 @@ import signal
 import time
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,54 +31,19 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sppnet_jax import evaluate, models
+from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from sppnet_jax.config_checks import validate_config
-from sppnet_jax.data import augment, cache, pipeline, sources
+from sppnet_jax.data import augment, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter
+from sppnet_jax.state import TrainState, build_model, init_state, make_optimizer
+from sppnet_jax.workdir import config_source, load_run  # noqa: F401  (load_run: detection still reads it from here)
 
 Array = jax.Array
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: Array
-  params: Any
-  opt_state: Any
-
-
 class NonFiniteError(FloatingPointError):
   """A loss or gradient became NaN or inf; the workdir keeps the last good checkpoint."""
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.SPPNet:
-  m = config.model
-  return models.create_model(m.name, num_classes=num_classes, spp=m.spp, levels=tuple(m.levels), width=m.width,
-                             depth=m.get("depth"), fc_width=m.fc_width, dropout=m.dropout,
-                             initializer=m.initializer, dtype=m.dtype, channels=m.get("channels"))
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Weight decay on kernels (not biases) added to the gradient, then the update direction.
-
-  ``train.optimizer='sgd'`` (the paper's): heavy-ball momentum,
-  ``v = momentum * v + (g + wd * w)``, ``w -= lr * v``. ``'adam'``: Adam's scaled direction
-  (used by the slim CPU experiments, which must leave the initial plateau within minutes).
-  The learning rate is applied in the step (it is an argument, so changing it never
-  recompiles).
-  """
-  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-  decay = optax.masked(optax.add_decayed_weights(config.train.weight_decay), kernels)
-  if config.train.optimizer == "sgd":
-    return optax.chain(decay, optax.trace(decay=config.train.momentum))
-  if config.train.optimizer == "adam":
-    return optax.chain(decay, optax.scale_by_adam())
-  raise ValueError(f"train.optimizer must be 'sgd' or 'adam'; got {config.train.optimizer!r}.")
-
-
-def init_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int, seed: int) -> TrainState:
-  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  params = model.init(jax.random.key(seed), images)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
@@ -243,71 +206,37 @@ class _Preemption:
 def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) -> np.ndarray | str:
   """The input normalisation of ``config.data.normalize``: the mean image at the crop size
   ('mean_image', estimated once and kept in the workdir) or ``augment.PER_IMAGE``."""
-  kind = config.data.get("normalize", "mean_image")
-  if kind == "per_image":
-    return augment.PER_IMAGE
-  if kind != "mean_image":
-    raise ValueError(f"data.normalize must be 'mean_image' (the paper) or 'per_image'; got {kind!r}.")
   path = workdir / "mean.npy"
-  if path.exists():
-    return np.load(path)
-  if source is None:
-    raise FileNotFoundError(f"{path} is missing: the run's mean image is needed to normalise its inputs.")
+  if config.data.get("normalize", "mean_image") != "mean_image" or path.exists() or source is None:
+    return workdir_lib.load_mean_file(config, workdir)
   mean = pipeline.estimate_mean_image(source, n=config.data.mean_samples, crop_size=config.data.crop_size,
                                       short_side=config.data.short_side)
   np.save(path, mean.astype(np.float32))
   return mean
 
 
-# Fields that change nothing a run computes; they never make a workdir's config differ.
-LOGGING_FIELDS = ("log_every_steps", "progress_bar")
-# Fields that ``extend=True`` may change in a workdir that holds a run: more epochs, a later drop.
-EXTENDABLE_FIELDS = ("num_epochs", "lr_drop_epochs", "max_lr_drops")
+# Fields a workdir's config may differ in without refusal: logging, and what evaluation reads.
+IGNORED_FIELDS = workdir_lib.LOGGING_FIELDS + ("eval", "paper")
 
 
-def _has_checkpoint(workdir: pathlib.Path) -> bool:
-  directory = workdir / "checkpoints"
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
-def _config_changes(old: dict, new: dict, extend: bool) -> list[str]:
-  """The dotted fields of ``model``, ``data``, ``train`` and ``variant`` that differ, less the
-  logging fields (and the extendable ones when ``extend``)."""
-  ignored = set(LOGGING_FIELDS) | (set(EXTENDABLE_FIELDS) if extend else set())
-  changed = []
-  for section in ("model", "data", "train", "variant"):
-    a, b = old.get(section), new.get(section)
-    if not (isinstance(a, dict) and isinstance(b, dict)):
-      changed += [] if a == b else [section]
-      continue
-    for key in sorted(set(a) | set(b)):
-      if a.get(key) != b.get(key) and not (section == "train" and key in ignored):
-        changed.append(f"{section}.{key}")
-  return changed
+def _extend_hint(changed: list[str]) -> str:
+  if set(changed) <= set(workdir_lib.EXTENDABLE_FIELDS):
+    return "To train the run further with a longer schedule, pass extend=True (sppnet train --extend)."
+  return ""
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, extend: bool = False) -> None:
   """Refuses a config that differs from the run already in ``workdir``; writes nothing.
 
   A workdir with no checkpoint yet takes any config (a mistake before the first save never
-  locks it). With checkpoints, only the logging fields may differ, and with ``extend`` also
-  ``train.num_epochs``, ``train.lr_drop_epochs`` and ``train.max_lr_drops``.
+  locks it). With checkpoints, only the logging and evaluation fields may differ, and with
+  ``extend`` also ``train.num_epochs``, ``train.lr_drop_epochs`` and ``train.max_lr_drops``.
   """
-  path = workdir / "config.json"
-  if not path.exists() or not _has_checkpoint(workdir):
-    return
-  old = json.loads(path.read_text())
-  new = json.loads(config.to_json_best_effort())
-  changed = _config_changes(old, new, extend)
-  if changed:
-    hint = ("" if extend or set(changed) - {f"train.{k}" for k in EXTENDABLE_FIELDS}
-            else " To train the run further with a longer schedule, pass extend=True (sppnet train --extend).")
-    raise ValueError(f"{workdir} holds a run whose {', '.join(changed)} differ from this config ({path}). Resume it "
-                     f"with the same config, or give a new --workdir.{hint}")
+  workdir_lib.check_config(config, workdir, ignore=_ignored_fields(extend), hint="" if extend else _extend_hint)
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+def _ignored_fields(extend: bool) -> tuple[str, ...]:
+  return IGNORED_FIELDS + (workdir_lib.EXTENDABLE_FIELDS if extend else ())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, extend: bool = False) -> dict:
@@ -320,17 +249,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   with _Preemption() as preemption:  # installed first: a signal during set-up still stops cleanly
     return _run(config, pathlib.Path(workdir), preemption, extend)
-
-
-def config_source(data: ml_collections.ConfigDict, which: str, **overrides):
-  """The ``which`` ('train' or 'eval') split of the dataset named by a config's ``data`` fields
-  (:func:`sources.source_from_config`; ``overrides`` replace its keywords).
-
-  With ``data.cache`` the examples are kept in memory once read, one copy per process
-  (``data.cache.shared``): meant for the built-in generated data.
-  """
-  source = sources.source_from_config(data, which, **overrides)
-  return cache.shared(source) if data.get("cache") else source
 
 
 def _scalars(metrics: dict) -> dict:
@@ -387,8 +305,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
                      "train.full_short_range or lower train.batch_size.")
   check_workdir_config(config, workdir, extend)
 
-  workdir.mkdir(parents=True, exist_ok=True)
-  _write_config(config, workdir)
+  workdir_lib.write_config(config, workdir, ignore=_ignored_fields(extend))
   if class_names:
     sources.save_class_names(workdir, class_names)
   mean = load_mean(config, train_source, workdir)
@@ -505,25 +422,3 @@ def _update_plateau(config: ml_collections.ConfigDict, progress: dict, error: fl
   progress["bad_epochs"] += 1
   if t.lr_schedule == "plateau" and progress["bad_epochs"] >= t.plateau_patience and progress["plateau_drops"] < t.max_lr_drops:
     progress.update(plateau_drops=progress["plateau_drops"] + 1, bad_epochs=0)
-
-
-def load_run(workdir: str | os.PathLike):
-  """(config, model, params, mean) of the latest checkpoint in a training workdir."""
-  workdir = pathlib.Path(workdir)
-  path = workdir / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json); train into it with 'sppnet train'.")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  d = config.data
-  names = sources.load_class_names(workdir)
-  num_classes = len(names) if names else sources.num_classes(
-      d.name, train_split=d.train_split, holdout_fraction=d.get("holdout_fraction"))
-  model = build_model(config, num_classes)
-  manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint yet.")
-  tx = make_optimizer(config)
-  state = jax.eval_shape(lambda: init_state(model, tx, d.crop_size, 0))
-  state, _ = restore_checkpoint(manager, state)
-  return config, model, state.params, load_mean(config, None, workdir)
-

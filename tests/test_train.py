@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sppnet_jax import configs, train
+from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.compile_count import count_compiles
 from sppnet_jax.data import pipeline
 from sppnet_jax.metrics_io import read_metrics
@@ -57,7 +58,7 @@ def run_cli(args, env=None, **kwargs):
 
 
 def final_params(workdir):
-  _, _, params, _ = train.load_run(workdir)
+  _, _, params, _ = workdir_lib.load_run(workdir)
   return jax.tree.map(np.asarray, params)
 
 

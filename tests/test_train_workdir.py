@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sppnet_jax import train
+from sppnet_jax import train, workdir
 from sppnet_jax.metrics_io import read_metrics
 
 from test_train import final_params, run_cli, tiny_config, write_config_file
@@ -49,6 +49,21 @@ def test_logging_fields_never_count_and_extend_allows_a_longer_schedule(tmp_path
   longer.model.fc_width = 64
   with pytest.raises(ValueError, match="model.fc_width"):
     train.check_workdir_config(longer, tmp_path, extend=True)  # extend never covers the model
+
+
+def test_one_config_policy_refuses_unless_starting_over(tmp_path):
+  old = {"a": {"b": 1, "c": [1, 2]}, "log": 3}
+  assert workdir.write_config(old, tmp_path) == []
+  new = {"a": {"b": 2, "c": [1, 2]}, "log": 4, "d": 5}
+  outputs = lambda w: (w / "out.npz").exists()
+  assert workdir.write_config(new, tmp_path, has_outputs=outputs, ignore=("log",)) == ["a.b", "d"]  # no outputs yet
+  (tmp_path / "out.npz").write_bytes(b"")
+  with pytest.raises(workdir.ConfigChangedError, match=r"a\.b, d, log differ.*go on"):
+    workdir.write_config(old, tmp_path, has_outputs=outputs, hint="go on")
+  assert json.loads((tmp_path / "config.json").read_text())["a"]["b"] == 2  # nothing written when refused
+  assert workdir.write_config(old, tmp_path, has_outputs=outputs, start_over=True) == ["a.b", "d", "log"]
+  assert json.loads((tmp_path / "config.json").read_text()) == old
+  assert workdir.config_changes({"a": {"b": 1}}, {"a": {"b": 9}}, ignore=("a",)) == []
 
 
 def _folder_dataset(root: pathlib.Path, corrupt: str) -> None:
