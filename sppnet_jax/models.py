@@ -164,9 +164,11 @@ class Trunk(nn.Module):
     so each image's valid map equals what it would be unpadded (zeros are exactly what the
     convolutions' own padding reads)."""
     conv_index = 0
+    extents = None
     if valid_hw is not None:
       valid_hw = jnp.asarray(valid_hw, jnp.int32)
       x = _mask_to_extent(x, valid_hw)
+      extents = ops.layer_shapes(spatial_layers(self.layers), valid_hw)
     for layer in self.layers:
       if isinstance(layer, Conv):
         w_init, b_init = _initializers(self.initializer, _PAPER_CONV_BIAS[conv_index])
@@ -179,10 +181,8 @@ class Trunk(nn.Module):
         x = nn.max_pool(x, (layer.window, layer.window), (layer.stride, layer.stride), "VALID")
       else:
         x = lrn(x, layer)
-      if valid_hw is not None and not isinstance(layer, LRN):
-        kernel, stride, pad = spatial_layers([layer])[0]
-        valid_hw = (valid_hw + 2 * pad - kernel) // stride + 1
-        x = _mask_to_extent(x, valid_hw)
+      if extents is not None and not isinstance(layer, LRN):
+        x = _mask_to_extent(x, next(extents))
     return x
 
 
@@ -194,10 +194,7 @@ def _mask_to_extent(x: jax.Array, valid_hw: jax.Array) -> jax.Array:
 
 def map_extent(layers: Sequence[Layer], valid_hw: jax.Array) -> jax.Array:
   """Per-image (h, w) of the last conv map for per-image pixel extents (B, 2); traceable."""
-  hw = jnp.asarray(valid_hw, jnp.int32)
-  for kernel, stride, pad in spatial_layers(layers):
-    hw = (hw + 2 * pad - kernel) // stride + 1
-  return hw
+  return ops.final_shape(spatial_layers(layers), jnp.asarray(valid_hw, jnp.int32))
 
 
 class Head(nn.Module):
@@ -308,16 +305,16 @@ def summary(model: SPPNet, image_size: int | tuple[int, int] = 224) -> str:
   params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
   rows, shape = [("input", (h, w, 3), 0)], (h, w, 3)
   conv_index = 0
+  sizes = ops.layer_shapes(spatial_layers(model.layers), np.array((h, w)))
   for layer in model.layers:
     if isinstance(layer, Conv):
       conv_index += 1
       name = f"conv{conv_index}"
-      size = [(s + 2 * layer.pad - layer.kernel) // layer.stride + 1 for s in shape[:2]]
-      shape = (*size, layer.features)
+      shape = (*map(int, next(sizes)), layer.features)
       count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params["trunk"][name]))
       rows.append((f"{name} {layer.kernel}x{layer.kernel}/{layer.stride} pad {layer.pad}", shape, count))
     elif isinstance(layer, Pool):
-      shape = (*[(s - layer.window) // layer.stride + 1 for s in shape[:2]], shape[2])
+      shape = (*map(int, next(sizes)), shape[2])
       rows.append((f"pool {layer.window}x{layer.window}/{layer.stride}", shape, 0))
     else:
       rows.append((f"lrn {layer.kind} {layer.size}", shape, 0))
@@ -325,7 +322,7 @@ def summary(model: SPPNet, image_size: int | tuple[int, int] = 224) -> str:
     rows.append((f"spp {list(model.levels)}", (ops.spp_output_dim(shape[2], model.levels),), 0))
   else:
     window, stride = model.baseline_pool
-    side = [(s - window) // stride + 1 for s in shape[:2]]
+    side = [int(s) for s in ops.layer_output(np.array(shape[:2]), (window, stride, 0))]
     rows.append((f"pool5 {window}x{window}/{stride}", (side[0] * side[1] * shape[2],), 0))
   for name in ("fc6", "fc7", "fc8"):
     layer_params = params["head"][name]

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sppnet_jax import models, ops
 from sppnet_jax.timing import median_ms
@@ -35,15 +36,13 @@ from sppnet_jax.timing import median_ms
 def conv_flops(layers: Sequence[models.Layer], image_hw: tuple[int, int]) -> tuple[int, tuple[int, int, int]]:
   """(forward FLOPs of the trunk's convolutions for one image, the last map's (h, w, channels))."""
   (h, w), channels, flops = image_hw, 3, 0
+  sizes = ops.layer_shapes(models.spatial_layers(layers), np.array(image_hw))
   for layer in layers:
+    if isinstance(layer, (models.Conv, models.Pool)):
+      h, w = (int(s) for s in next(sizes))
     if isinstance(layer, models.Conv):
-      h = (h + 2 * layer.pad - layer.kernel) // layer.stride + 1
-      w = (w + 2 * layer.pad - layer.kernel) // layer.stride + 1
       flops += 2 * h * w * layer.features * layer.kernel**2 * channels
       channels = layer.features
-    elif isinstance(layer, models.Pool):
-      h = (h - layer.window) // layer.stride + 1
-      w = (w - layer.window) // layer.stride + 1
   return flops, (h, w, channels)
 
 
@@ -54,7 +53,7 @@ def forward_flops(model: models.SPPNet, image_hw: tuple[int, int]) -> int:
     fc_in = ops.spp_output_dim(channels, model.levels)
   else:
     window, stride = model.baseline_pool
-    fc_in = ((h - window) // stride + 1) * ((w - window) // stride + 1) * channels
+    fc_in = int(np.prod(ops.layer_output(np.array((h, w)), (window, stride, 0)))) * channels
   widths = (fc_in, model.fc_width, model.fc_width, model.num_classes)
   return flops + sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
 

@@ -8,7 +8,7 @@ cells are 0-based integers.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,10 +43,36 @@ def trunk_geometry(layers: Sequence[SpatialLayer]) -> Geometry:
   return Geometry(stride=stride, receptive_field=field, offset=offset)
 
 
+def layer_output(size: Any, layer: SpatialLayer) -> Any:
+  """Side(s) after one (kernel, stride, pad) layer, floor rounding as conv/pooling do.
+
+  ``size`` is an int or an integer array of sides (numpy or jax, traceable): elementwise.
+  """
+  kernel, stride, pad = layer
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def layer_shapes(layers: Sequence[SpatialLayer], size: Any) -> Iterator[Any]:
+  """The one layer-shape iterator: yields the side(s) after each layer in turn, first to last.
+
+  ``size`` as in :func:`layer_output` (e.g. ``np.array((h, w))`` or per-image extents (B, 2)).
+  Used by the trunk's padding masks, the model summary, the FLOP counts and :func:`output_size`.
+  """
+  for layer in layers:
+    size = layer_output(size, layer)
+    yield size
+
+
+def final_shape(layers: Sequence[SpatialLayer], size: Any) -> Any:
+  """The side(s) after all the layers (``size`` itself when there are none)."""
+  for size in layer_shapes(layers, size):
+    pass
+  return size
+
+
 def output_size(layers: Sequence[SpatialLayer], size: int) -> int:
   """Map side after the layers (floor rounding, as VALID conv/pooling); <= 0 when too small."""
-  for kernel, step, pad in layers:
-    size = (size + 2 * pad - kernel) // step + 1
+  for size in layer_shapes(layers, size):
     if size < 1:
       return size
   return size
