@@ -12,10 +12,11 @@ usable rows kept in the cache's 16-bit dtype; ``pool_steps`` mini-batches are dr
 (``batch_size`` rows, ``fg_fraction`` of them positives, uniformly with replacement within the
 pool), then the next pool is read.
 
-The step is the classification training's (``train.make_optimizer``: weight decay on kernels
-added to the gradient, heavy-ball momentum; ``train.make_train_step`` on the fc head, the learning
-rate an argument, so the step schedule never recompiles). The loop never waits for the device:
-losses stay on the device until each ``log_every`` boundary, where a non-finite one stops the run.
+The optimizer is the paper's (weight decay on kernels added to the gradient, heavy-ball momentum,
+a step learning-rate schedule inside the optimizer state, so a drop never recompiles) and the
+state is the training code's ``state.TrainState``; a step whose loss or gradient is not finite
+leaves the state unchanged. The loop never waits for the device: losses stay on the device until
+each ``log_every`` boundary, where a non-finite one stops the run.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from sppnet_jax import models
 from sppnet_jax.detection import boxes as box_ops
 from sppnet_jax.detection import cache
+from sppnet_jax.state import TrainState
 
 BACKGROUND = 0
 UNUSED = -1
@@ -134,15 +137,34 @@ def init_finetune_head(trunk_head: Any, num_classes: int, fc8_std: float, seed: 
           "fc8": {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}}
 
 
-def learning_rate(f: ml_collections.ConfigDict, step: int) -> float:
-  """``f.lr`` times ``f.lr_decay`` for every boundary in ``f.lr_boundaries`` at or below ``step``."""
-  return float(f.lr) * float(f.lr_decay) ** sum(step >= int(b) for b in f.lr_boundaries)
+def make_optimizer(f: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Weight decay on kernels, heavy-ball momentum, then ``-lr`` from the step schedule of ``f``
+  (``lr`` times ``lr_decay`` after each of ``lr_boundaries``)."""
+  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+  schedule = optax.piecewise_constant_schedule(float(f.lr), {int(b): float(f.lr_decay) for b in f.lr_boundaries})
+  return optax.chain(optax.masked(optax.add_decayed_weights(float(f.weight_decay)), kernels),
+                     optax.trace(decay=float(f.momentum)), optax.scale_by_learning_rate(schedule))
 
 
-def _optimizer_config(f: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The classification optimizer's settings (``train.make_optimizer``) for fine-tuning: SGD."""
-  return ml_collections.ConfigDict({"train": {"optimizer": "sgd", "momentum": float(f.momentum),
-                                              "weight_decay": float(f.weight_decay)}})
+def make_step(head: models.Head, tx: optax.GradientTransformation):
+  """(state, features (B, D), targets (B,), key) -> (state, metrics); jitted. Dropout draws from
+  ``fold_in(key, step)``; a non-finite loss or gradient leaves the state unchanged."""
+
+  @jax.jit
+  def step(state: TrainState, x, y, key):
+    def loss_fn(params):
+      logits = head.apply({"params": params}, x, True, rngs={"dropout": jax.random.fold_in(key, state.step)})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new = TrainState(step=state.step + 1, params=keep(optax.apply_updates(state.params, updates), state.params),
+                     opt_state=keep(opt_state, state.opt_state))
+    return new, {"loss": loss, "top1_error": jnp.mean(jnp.argmax(logits, -1) != y), "finite": finite}
+
+  return step
 
 
 def finetune_head(batches: Iterator[tuple[np.ndarray, np.ndarray]], trunk_head: Any, num_classes: int,
@@ -153,20 +175,19 @@ def finetune_head(batches: Iterator[tuple[np.ndarray, np.ndarray]], trunk_head: 
   ``batches`` yields ``(features (B, D), fc8 targets (B,))`` (a :class:`WindowPools`). Returns
   ``(params, stats)``; a non-finite loss raises FloatingPointError at the next log boundary.
   """
-  from sppnet_jax import train  # lazy: pulls in orbax and grain
   f = config.finetune
   fc_width = int(trunk_head["fc7"]["kernel"].shape[1])
   head = models.Head(num_classes=num_classes, fc_width=fc_width, dropout=float(f.dropout), dtype=jnp.float32)
-  tx = train.make_optimizer(_optimizer_config(f))
+  tx = make_optimizer(f)
   params = init_finetune_head(trunk_head, num_classes, float(f.fc8_std), int(config.seed))
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  step = jax.jit(train.make_train_step(head, tx))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  step = make_step(head, tx)
   key = jax.random.key(int(config.seed) + 1)
   steps, every = int(f.steps), max(1, int(f.log_every))
   pending, last, start = [], {}, time.time()
   for t in range(steps):
     x, y = next(batches)
-    state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), learning_rate(f, t), key)
+    state, metrics = step(state, jnp.asarray(x), jnp.asarray(y), key)
     pending.append((metrics["loss"], metrics["top1_error"], metrics["finite"]))
     if (t + 1) % every == 0 or t + 1 == steps:
       loss, err, finite = (np.asarray(v) for v in zip(*jax.device_get(pending)))
