@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sppnet_jax import models, ops
+from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.compile_count import count_compiles
 from sppnet_jax.detection import data as det_data
 from sppnet_jax.detection import features as feats
@@ -275,6 +276,13 @@ def test_end_to_end_tiny_synthetic_and_cache_reuse(tmp_path, monkeypatch):
   assert again["mAP"] == metrics["mAP"]
   assert [p.stat().st_mtime_ns for p in cached] == mtimes
   assert sum(compiles.values()) == 0, compiles
+
+  # A changed config is refused once trained outputs exist (the one workdir policy).
+  changed = _tiny_config()
+  changed.test.nms = 0.4
+  with pytest.raises(workdir_lib.ConfigChangedError, match="test"):
+    pipeline.train_and_evaluate_detection(changed, tmp_path, log=lambda s: None)
+  assert (tmp_path / "system" / "head").exists()
 
   # Test-time detection on an empty proposal set gives no detections, not an error.
   system = DetectionSystem.restore(tmp_path, with_trunk=False)

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.detection import bbox_regression, cache, data as det_data, finetune
 from sppnet_jax.detection import svm as svm_lib, system as system_lib
 from sppnet_jax.detection import features as feats
@@ -43,23 +44,29 @@ TRAINED_OUTPUTS = (system_lib.SYSTEM_DIR, "metrics.json", "detections.npz")
 _with_resolved_trunk = with_resolved_trunk  # the name the CLI tests use
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """Writes ``config.json``; a changed config removes the trained outputs (cached features stay)."""
+def _has_trained_outputs(workdir: pathlib.Path) -> bool:
+  return any((workdir / name).exists() for name in TRAINED_OUTPUTS)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, start_over: bool = False) -> None:
+  """Writes ``config.json`` under the project's one policy (``workdir.write_config``): a changed
+  config is refused once the workdir holds trained outputs, unless ``start_over``, which removes
+  them (the cached features are keyed by what they depend on and stay)."""
   path = workdir / "config.json"
-  new = json.loads(config.to_json_best_effort(sort_keys=True))
-  if path.exists():
+  if path.exists():  # written before trunk paths were stored resolved: the same trunk, not a change
     old = json.loads(path.read_text())
-    old_trunk = (old.get("trunk") or {}).get("workdir")
-    if old_trunk and not os.path.isabs(old_trunk):  # written before trunk paths were stored resolved
-      old["trunk"]["workdir"] = str(pathlib.Path(old_trunk).expanduser().resolve())
-    if old != new:
-      changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-      for name in TRAINED_OUTPUTS:
-        p = workdir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-      print(f"config changed ({', '.join(changed)}): retraining the head, SVMs and regressors "
-            "(cached features are reused where still valid).")
-  path.write_text(json.dumps(new, indent=2, sort_keys=True))
+    trunk = (old.get("trunk") or {}).get("workdir")
+    if trunk and not os.path.isabs(trunk):
+      old["trunk"]["workdir"] = str(pathlib.Path(trunk).expanduser().resolve())
+      path.write_text(json.dumps(old, indent=2, sort_keys=True))
+  changed = workdir_lib.write_config(
+      config, workdir, has_outputs=_has_trained_outputs, start_over=start_over,
+      hint="Pass start_over=True to train_and_evaluate_detection to retrain the head, SVMs and regressors "
+           "(cached features are kept).")
+  if changed:
+    for name in TRAINED_OUTPUTS:
+      p = workdir / name
+      shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def stage(name: str, output: pathlib.Path, run: Callable[[], Any], load: Callable[[], Any],
@@ -100,12 +107,16 @@ def _bbox_images(paths):
 
 
 def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                                 log: Callable[[str], None] = print) -> dict:
-  """Runs every stage of the module docstring that has no output yet; returns the metrics dict."""
+                                 log: Callable[[str], None] = print, start_over: bool = False) -> dict:
+  """Runs every stage of the module docstring that has no output yet; returns the metrics dict.
+
+  A workdir whose trained outputs came from another config is refused (``workdir.ConfigChangedError``)
+  unless ``start_over``, which retrains everything after the (reused) feature cache.
+  """
   workdir = pathlib.Path(workdir)
   config = with_resolved_trunk(config)
   workdir.mkdir(parents=True, exist_ok=True)
-  _write_config(config, workdir)
+  _write_config(config, workdir, start_over)
   t0 = time.time()
   trunk = load_trunk(config)
   log(f"trunk: {trunk.description}")

@@ -33,8 +33,8 @@ def load_trunk(config: ml_collections.ConfigDict) -> Trunk:
   common = dict(scales=tuple(int(s) for s in f.scales), target_side=float(f.target_side), rule=f.rule,
                 size_multiple=int(f.size_multiple), window_batch=int(f.window_batch), levels=tuple(f.levels))
   if config.trunk.workdir:
-    from sppnet_jax import train  # lazy: pulls in orbax and grain
-    run_config, model, params, mean = train.load_run(config.trunk.workdir)
+    from sppnet_jax import workdir  # lazy: pulls in orbax
+    run_config, model, params, mean = workdir.load_run(config.trunk.workdir)
     if model.levels is None:
       raise ValueError(f"{config.trunk.workdir} holds a no-SPP network; detection needs an SPP trunk.")
     if tuple(model.levels) != common["levels"]:
