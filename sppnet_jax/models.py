@@ -11,6 +11,7 @@ relies on that, here conv2 pads by 2 instead).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -125,18 +126,64 @@ def conv_map_size(layers: Sequence[Layer], size: int) -> int:
 
 
 def lrn(x: jax.Array, spec: LRN) -> jax.Array:
+  if spec.kind == "within":
+    return _lrn_within(x, spec)
+  if spec.kind != "across":
+    raise ValueError(f"LRN kind must be 'within' or 'across'; got {spec.kind!r}.")
   sq = jnp.square(x.astype(jnp.float32))
   half = spec.size // 2
-  if spec.kind == "within":
-    window, pad = (1, spec.size, spec.size, 1), ((0, 0), (half, half), (half, half), (0, 0))
-    norm = spec.alpha / spec.size**2
-  elif spec.kind == "across":
-    window, pad = (1, 1, 1, spec.size), ((0, 0), (0, 0), (0, 0), (half, half))
-    norm = spec.alpha / spec.size
-  else:
-    raise ValueError(f"LRN kind must be 'within' or 'across'; got {spec.kind!r}.")
-  total = jax.lax.reduce_window(sq, 0.0, jax.lax.add, window, (1, 1, 1, 1), pad)
-  return (x * jnp.power(1.0 + norm * total, -spec.beta).astype(x.dtype)).astype(x.dtype)
+  total = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1, 1, 1, spec.size), (1, 1, 1, 1),
+                                ((0, 0), (0, 0), (0, 0), (half, half)))
+  return (x * jnp.power(1.0 + spec.alpha / spec.size * total, -spec.beta).astype(x.dtype)).astype(x.dtype)
+
+
+def _box_sum(t: jax.Array, size: int) -> jax.Array:
+  """The zero-padded ``size`` x ``size`` window sum of an NHWC map: one fusion of the shifted views
+  of a padded copy (XLA's CPU reduce-window took longer than the rest of the LRN)."""
+  half, (h, w) = size // 2, t.shape[1:3]
+  padded = jnp.pad(t, ((0, 0), (half, half), (half, half), (0, 0)))
+  return sum(padded[:, i:i + h, j:j + w, :] for i in range(size) for j in range(size))
+
+
+def _inverse_power(t: jax.Array, beta: float) -> jax.Array:
+  """``t ** -beta``; for the paper's 0.75 as ``rsqrt(t) * sqrt(rsqrt(t))``, which is cheaper than a
+  general power (a log and an exp per element) and equal to it within float rounding."""
+  if beta == 0.75:
+    r = jax.lax.rsqrt(t)
+    return r * jnp.sqrt(r)
+  return jnp.power(t, -beta)
+
+
+def _lrn_within_parts(x: jax.Array, spec: LRN) -> tuple[jax.Array, jax.Array, jax.Array]:
+  x32 = x.astype(jnp.float32)
+  denominator = 1.0 + spec.alpha / spec.size**2 * _box_sum(jnp.square(x32), spec.size)
+  scale = _inverse_power(denominator, spec.beta)
+  return (x32 * scale).astype(x.dtype), denominator, scale
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _lrn_within(x: jax.Array, spec: LRN) -> jax.Array:
+  """Within-channel LRN with its gradient written out: for ``y = x * d ** -beta`` with
+  ``d = 1 + k * box(x**2)`` and ``k = alpha / size**2``, ``dx = g * d ** -beta - 2 * beta * k * x *
+  box(g * y / d)`` (the window is symmetric, so the box sum is its own transpose). Autodiff of the
+  same formula evaluated the power's derivative through a log and an exp and reduce-windows."""
+  return _lrn_within_parts(x, spec)[0]
+
+
+def _lrn_within_forward(x, spec):
+  y, denominator, scale = _lrn_within_parts(x, spec)
+  return y, (x, denominator, scale)
+
+
+def _lrn_within_backward(spec, residuals, g):
+  x, denominator, scale = residuals
+  x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
+  spread = _box_sum(g32 * x32 * scale / denominator, spec.size)
+  dx = g32 * scale - (2.0 * spec.beta * spec.alpha / spec.size**2) * x32 * spread
+  return (dx.astype(x.dtype),)
+
+
+_lrn_within.defvjp(_lrn_within_forward, _lrn_within_backward)
 
 
 def _initializers(kind: str, bias: float):
@@ -178,7 +225,7 @@ class Trunk(nn.Module):
                     bias_init=b_init, name=f"conv{conv_index}")(x)
         x = nn.relu(x)
       elif isinstance(layer, Pool):
-        x = nn.max_pool(x, (layer.window, layer.window), (layer.stride, layer.stride), "VALID")
+        x = ops.pooling.max_pool(x, layer.window, layer.stride)
       else:
         x = lrn(x, layer)
       if extents is not None and not isinstance(layer, LRN):

@@ -67,9 +67,22 @@ def test_torch_lrn_matches_models_lrn(rng, spec):
   np.testing.assert_allclose(torch_peer.lrn(nchw(x), spec).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_torch_train_step_matches_jax_step(small_models, rng):
+@pytest.mark.parametrize("spec", [models.LRN("within", 3, 5e-2), models.LRN("within", 3, 5e-2, 0.6),
+                                  models.LRN("across", 5, 1e-1)])
+def test_lrn_gradient_matches_torch_autograd(rng, spec):
+  """models.lrn's written-out gradient (within) and autodiff (across) against torch's autograd of the peer's LRN."""
+  x = np.maximum(rng.standard_normal((2, 6, 7, 8)).astype(np.float32) * 3, 0.0)
+  g = rng.standard_normal((2, 6, 7, 8)).astype(np.float32)
+  expected = np.asarray(jax.vjp(lambda v: models.lrn(v, spec), jnp.asarray(x))[1](jnp.asarray(g))[0])
+  t = nchw(x).requires_grad_(True)
+  torch_peer.lrn(t, spec).backward(nchw(g))
+  np.testing.assert_allclose(t.grad.numpy().transpose(0, 2, 3, 1), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["zf5", "overfeat7"])
+def test_torch_train_step_matches_jax_step(small_models, rng, name):
   """Two SGD-momentum steps from the same parameters give the same losses and parameters."""
-  model, params, _ = small_models["zf5"]
+  model, params, _ = small_models[name]
   images = rng.standard_normal((3, 64, 80, 3)).astype(np.float32)
   labels = rng.integers(0, 10, 3)
   tx = optax.trace(decay=0.9)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sppnet_jax.ops import bin_edges, check_levels, padded_spp, roi_spp, sliding_window_spp, spp, spp_output_dim
-from sppnet_jax.ops.pooling import level_sources
+from sppnet_jax.ops.pooling import level_sources, max_pool
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -498,3 +498,29 @@ def test_bad_valid_extents_for_padded_spp():
     padded_spp(x, np.array([[6, 5], [7, 5]]))  # taller than the map
   with pytest.raises(ValueError, match="valid_hw"):
     padded_spp(x, np.array([[6, 5], [0, 5]]))  # empty image
+
+
+# ----------------------------------------------------------------------------------------
+# max_pool: torch's max_pool2d values and gradient (all of it to the first arg-max)
+
+
+@pytest.mark.parametrize("shape, window, stride", [((2, 110, 110, 4), 3, 2), ((2, 109, 109, 3), 3, 3),
+                                                   ((1, 27, 28, 5), 3, 2), ((1, 12, 13, 2), 2, 2),
+                                                   ((1, 9, 11, 3), 3, 1), ((1, 10, 10, 2), 2, 3)])
+def test_max_pool_values_and_first_argmax_gradient_match_torch(rng, shape, window, stride):
+  """Small integers make ties common (zeros after a ReLU and equal positive values), so the test fails
+  unless every tie sends the gradient to the first maximum in row-major window order, as torch does.
+  Integer gradients keep the sums exact."""
+  x = np.maximum(rng.integers(-3, 4, shape), 0).astype(np.float32)
+  pooled, vjp = jax.jit(lambda v: jax.vjp(lambda u: max_pool(u, window, stride), v))(jnp.asarray(x))
+  g = rng.integers(-5, 6, pooled.shape).astype(np.float32)
+  t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+  expected = F.max_pool2d(t, window, stride)
+  expected.backward(torch.from_numpy(g.transpose(0, 3, 1, 2).copy()))
+  np.testing.assert_array_equal(np.asarray(pooled), expected.detach().numpy().transpose(0, 2, 3, 1))
+  np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]), t.grad.numpy().transpose(0, 2, 3, 1))
+
+
+def test_max_pool_rejects_maps_smaller_than_the_window():
+  with pytest.raises(ValueError, match="at least 3x3"):
+    max_pool(jnp.zeros((1, 2, 5, 1)), 3, 2)
