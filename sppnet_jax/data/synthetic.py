@@ -481,6 +481,10 @@ class SyntheticClassification:
     _, _, h, w = self._draw_layout(index)
     return h, w
 
+  def label(self, index: int) -> int:
+    """The class of example ``index`` without rendering it."""
+    return self._draw_layout(index)[1]
+
   def render(self, index: int) -> tuple[np.ndarray, SceneObject]:
     """The image of example ``index`` and its object (class and tight box)."""
     rng, label, h, w = self._draw_layout(index)

@@ -1,0 +1,204 @@
+"""``transfer_and_evaluate(config, workdir)``: the paper's Tables 6-7 protocol for one or more
+columns (trunk x view x size), every requested layer, results beside the paper's.
+
+Config (see ``experiments/transfer/``):
+
+  ``trunks``   name -> a classification workdir (``runs/...``), or ``synthetic:<variant>`` /
+               a ``.py`` config file, trained into ``<workdir>/trunks/<name>`` unless it is there;
+  ``columns``  a list of {name, trunk, view ('crop'|'full'), size, layers, paper: {layer: %}};
+  ``task``     the dataset (:func:`sppnet_jax.transfer.tasks.get_task`);
+  ``svm.C``, ``splits`` (Caltech rule), ``mean`` ('trunk' or a constant such as 128),
+  ``comparisons``  (column A, column B) pairs compared layer by layer on the same test images.
+
+Outputs in the workdir: ``config.json``, ``features/<column>_<split>.npz`` (float16, reused when
+the trunk's checkpoint and the view are unchanged), ``results.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import runpy
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from sppnet_jax import configs, stats
+from sppnet_jax import workdir as workdir_lib
+from sppnet_jax.transfer import features as features_lib
+from sppnet_jax.transfer import protocol, tasks
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+
+
+def _trunk_config(spec: str) -> ml_collections.ConfigDict | None:
+  """The training config a trunk spec names, or None when it names an existing workdir."""
+  if spec.startswith("synthetic:"):
+    return configs.synthetic(spec.split(":", 1)[1])
+  if spec.endswith(".py"):
+    path = pathlib.Path(spec)
+    if not path.is_file():
+      raise FileNotFoundError(f"trunk config {spec!r} does not exist.")
+    return runpy.run_path(str(path))["get_config"]()
+  return None
+
+
+def prepare_trunk(name: str, spec: str, trunk_root: pathlib.Path):
+  """(config, model, params, mean, checkpoint dir) of a trunk, training it first if needed."""
+  config = _trunk_config(spec)
+  if config is None:
+    trunk_dir = pathlib.Path(spec)
+    if not (trunk_dir / "config.json").is_file():
+      raise FileNotFoundError(f"trunk {name!r}: {spec!r} is neither a training workdir (no config.json) nor a "
+                              "config (synthetic:<variant> or a .py file).")
+  else:
+    from sppnet_jax import train  # only when a trunk must be trained
+    trunk_dir = trunk_root / name
+    # Only the parameters matter here: the trunk's own evaluation is kept small.
+    config.eval.update(views=("crop",), sweep_sizes=())
+    if not workdir_lib.has_checkpoint(trunk_dir) or not (trunk_dir / "eval.json").exists():
+      logging.info("training trunk %r into %s", name, trunk_dir)
+      result = train.train_and_evaluate(config, trunk_dir)
+      if result.get("preempted"):
+        raise KeyboardInterrupt(f"training of trunk {name!r} was stopped; rerun to resume it.")
+  trunk_config, model, params, mean = workdir_lib.load_run(trunk_dir)
+  return trunk_config, model, params, mean, trunk_dir
+
+
+def _checkpoint_id(trunk_dir: pathlib.Path) -> str:
+  steps = sorted(int(p.name) for p in (trunk_dir / "checkpoints").iterdir() if p.name.isdigit())
+  return f"{trunk_dir.resolve()}@{steps[-1] if steps else 'none'}"
+
+
+def _column_features(config, column, task: tasks.Task, trunk, workdir: pathlib.Path) -> dict[str, dict]:
+  """{split: {layer: (N, D) float32}} of one column, from the cache when it is current."""
+  trunk_config, model, params, mean, trunk_dir = trunk
+  view_mean = mean if config.mean == "trunk" else float(config.mean)
+  view = features_lib.FeatureView(column.view, int(column.size), view_mean, config.get("crop_short_side") or None,
+                                  config.batch_size, config.bucket, config.max_aspect)
+  layers = features_lib.check_layers(model, tuple(column.layers), column.view)
+  out = {}
+  for split, source in task.images.items():
+    key = features_lib.cache_key(trunk=_checkpoint_id(trunk_dir), task=config.task.to_dict(), split=split,
+                                 view=column.view, size=int(column.size), mean=str(config.mean),
+                                 crop_short_side=config.get("crop_short_side"))
+    compute = lambda: features_lib.extract(model, params, source, layers, view, progress=config.progress)
+    out[split] = features_lib.cached_extract(workdir / "features" / f"{column.name}_{split}.npz", key, compute,
+                                             layers)
+  return out
+
+
+def _score_layer(config, task: tasks.Task, feats: dict[str, dict], layer: str):
+  """(Score, per-test-image scores or per-split accuracies) of one layer."""
+  if task.kind == "multilabel":
+    scores, converged = protocol.multilabel_scores(feats["train"][layer], task.targets["train"],
+                                                   feats["test"][layer], config.svm.C)
+    return protocol.multilabel_score(scores, task.targets["test"], converged, seed=config.seed), scores
+  s = config.splits
+  score = protocol.split_score(feats["pool"][layer], task.targets["pool"], s.num_splits, config.svm.C,
+                               s.train_per_class, s.test_per_class)
+  return score, np.array(score.per_split)
+
+
+def _compare(task: tasks.Task, a, b, seed: int) -> dict:
+  """A - B for one layer of two columns: paired bootstrap over test images (multi-label) or a
+  paired t-test over the shared splits (single-label)."""
+  if task.kind == "multilabel":
+    value, low, high, p = protocol.paired_map_difference(a, b, task.targets["test"], seed=seed)
+    return {"difference": value, "low": low, "high": high, "p_value": p, "test": "paired bootstrap"}
+  # seed_comparison takes errors; accuracy differences are the negated error differences.
+  c = stats.seed_comparison(-np.asarray(a), -np.asarray(b))
+  return {"difference": -c.difference, "low": -c.high, "high": -c.low, "p_value": c.p_value,
+          "test": f"paired t over {c.num_seeds} splits"}
+
+
+def transfer_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+  """Runs every column of ``config`` in ``workdir`` and writes ``results.json`` and ``report.md``."""
+  workdir = pathlib.Path(workdir)
+  _check(config)
+  workdir_lib.write_config(config, workdir, has_outputs=lambda w: (w / RESULTS_FILE).exists(), ignore=("progress",))
+  start = time.time()
+  task = tasks.get_task(config)
+  trunk_root = pathlib.Path(config.trunk_dir) if config.get("trunk_dir") else workdir / "trunks"
+  trunks = {name: prepare_trunk(name, str(spec), trunk_root) for name, spec in config.trunks.items()}
+  results: dict[str, Any] = {"task": task.name, "kind": task.kind, "columns": {}, "comparisons": []}
+  raw: dict[tuple[str, str], np.ndarray] = {}
+  for column in config.columns:
+    feats = _column_features(config, column, task, trunks[column.trunk], workdir)
+    cells = {}
+    for layer in column.layers:
+      score, raw[column.name, layer] = _score_layer(config, task, feats, layer)
+      cells[layer] = score.as_dict() | {"dim": int(next(iter(feats.values()))[layer].shape[1]),
+                                        "paper": column.get("paper", {}).get(layer)}
+      logging.info("column %s %s: %s", column.name, layer, protocol.format_score(score))
+    results["columns"][column.name] = {"trunk": column.trunk, "view": column.view, "size": int(column.size),
+                                       "cells": cells}
+  for a, b in config.get("comparisons", ()):
+    for layer in _layers(config, a):
+      if (b, layer) in raw:
+        results["comparisons"].append({"a": a, "b": b, "layer": layer} |
+                                      _compare(task, raw[a, layer], raw[b, layer], config.seed))
+  results["seconds"] = round(time.time() - start, 1)
+  (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+  (workdir / REPORT_FILE).write_text(report(results, config.get("title", task.name)))
+  return results
+
+
+def _layers(config, column_name: str) -> tuple[str, ...]:
+  for column in config.columns:
+    if column.name == column_name:
+      return tuple(column.layers)
+  raise ValueError(f"comparison names column {column_name!r}, which the config does not have.")
+
+
+def _check(config) -> None:
+  names = [c.name for c in config.columns]
+  if len(set(names)) != len(names):
+    raise ValueError(f"column names must be unique; got {names}.")
+  for column in config.columns:
+    if column.trunk not in config.trunks:
+      raise ValueError(f"column {column.name!r} uses trunk {column.trunk!r}; the config's trunks are "
+                       f"{sorted(config.trunks)}.")
+  for a, b in config.get("comparisons", ()):
+    _layers(config, a), _layers(config, b)
+
+
+def _cell(cell: dict | None) -> str:
+  if cell is None:
+    return "–"
+  text = protocol.format_score(protocol.Score(cell["value"], cell["low"], cell["high"], cell["interval"],
+                                              cell["converged"]))
+  if cell.get("paper") is not None:
+    text += f" (paper {cell['paper']:.2f})"
+  return text
+
+
+def report(results: dict, title: str) -> str:
+  """A Markdown table (rows: layers, columns: the config's columns) and the paired comparisons."""
+  columns = results["columns"]
+  layers: list[str] = []
+  for column in columns.values():
+    layers += [layer for layer in column["cells"] if layer not in layers]
+  metric = "mean AP (%)" if results["kind"] == "multilabel" else "mean class accuracy (%)"
+  head = [f"{name}: {c['trunk']} {c['view']} {c['size']}" for name, c in columns.items()]
+  lines = [f"# Transfer: {title}", "", f"{metric}, 95 % interval in brackets; the paper's figure beside it "
+           "where the column has one.", "", "| layer | " + " | ".join(head) + " |",
+           "|---|" + "---|" * len(head)]
+  for layer in layers:
+    lines.append(f"| {layer} | " + " | ".join(_cell(c["cells"].get(layer)) for c in columns.values()) + " |")
+  if results["comparisons"]:
+    lines += ["", "Paired comparisons on the same test images (A − B, points):", ""]
+    for c in results["comparisons"]:
+      sign = "resolved" if (c["low"] > 0 or c["high"] < 0) and c["p_value"] < 0.05 else "unresolved"
+      lines.append(f"- {c['layer']}: {c['a']} − {c['b']} = {c['difference']:+.2f} [{c['low']:+.2f}, "
+                   f"{c['high']:+.2f}], {c['test']}, {stats.format_p(c['p_value'])}: {sign}")
+  unconverged = [f"{n}/{layer}" for n, c in columns.items() for layer, cell in c["cells"].items()
+                 if not cell["converged"]]
+  if unconverged:
+    lines += ["", f"SVM solver did not converge for: {', '.join(unconverged)}."]
+  lines += ["", f"{results['seconds']:.0f} s."]
+  return "\n".join(lines) + "\n"
