@@ -112,3 +112,16 @@ def test_hand_set_system_gives_the_hand_computed_map(tmp_path):
   c = cache.read(test_dir / "000000.npz")
   det = restored.detect_windows(c["pool5"], c["windows"], c["image_hw"])
   np.testing.assert_allclose(det["boxes"], [[10, 10, 49, 49], [60, 10, 89, 39], [60, 60, 89, 89]])
+
+
+def test_bootstrap_map_interval():
+  names = ("a", "b")
+  gt = {"boxes": np.array([[0, 0, 9, 9]]), "labels": np.array([0]), "difficult": np.array([False])}
+  det = {"boxes": np.array([[0, 0, 9, 9], [50, 50, 59, 59]]), "scores": np.array([2.0, 1.0]), "labels": np.array([0, 0])}
+  # Every resample ranks all true positives (score 2) before all false positives (score 1): AP 1.
+  assert system.bootstrap_map([det] * 3, [gt] * 3, names, num_resamples=20) == (1.0, 1.0)
+  missed = {"boxes": np.array([[50, 50, 59, 59]]), "scores": np.array([1.0]), "labels": np.array([0])}
+  lo, hi = system.bootstrap_map([det, missed], [gt, gt], names, num_resamples=200)
+  assert lo == 0.0 and hi == 1.0  # a resample of only the missed image has AP 0, of only the found one AP 1
+  with pytest.raises(ValueError, match="one per image"):
+    system.bootstrap_map([det], [gt, gt], names)

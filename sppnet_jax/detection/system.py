@@ -181,6 +181,17 @@ def voc_metrics(detections: Sequence[dict], gts: Sequence[dict], class_names: Se
           "npos": {n: int(x) for n, x in zip(class_names, res["npos"])}}
 
 
+def bootstrap_map(detections: Sequence[dict], gts: Sequence[dict], class_names: Sequence[str],
+                  num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mAP over test images (images resampled with replacement,
+  seeded: the same call gives the same interval)."""
+  from sppnet_jax import stats
+  if len(detections) != len(gts):
+    raise ValueError(f"{len(detections)} detection sets for {len(gts)} images; give one per image.")
+  statistic = lambda idx: voc_metrics([detections[i] for i in idx], [gts[i] for i in idx], class_names)["mAP"]
+  return stats.bootstrap_interval(np.arange(len(gts)), statistic, num_resamples, seed, level)
+
+
 def evaluate(system: DetectionSystem, images: Iterable[tuple[np.ndarray, np.ndarray, Sequence[int], dict]]) -> dict:
   """The test-time loop: ``images`` yields ``(pool5, windows, image_hw, gt)`` one image at a time
   (``gt``: ``boxes``, ``labels``, ``difficult``).
@@ -194,7 +205,7 @@ def evaluate(system: DetectionSystem, images: Iterable[tuple[np.ndarray, np.ndar
     if system.regressor is not None:
       dets_bb.append(system.detect_windows(pool5, windows, image_hw, use_regressor=True))
     gts.append(gt)
-  out = {"ftfc7": voc_metrics(dets, gts, system.class_names), "detections": dets, "images": len(gts)}
+  out = {"ftfc7": voc_metrics(dets, gts, system.class_names), "detections": dets, "gts": gts, "images": len(gts)}
   if system.regressor is not None:
     out["ftfc7_bb"] = voc_metrics(dets_bb, gts, system.class_names)
     out["detections_bb"] = dets_bb
