@@ -129,3 +129,33 @@ def test_select_training_windows_threshold():
   rows, _, lab = R.select_training_windows(windows, gt, [3, 1], [False, True], use_difficult=True)
   np.testing.assert_array_equal(rows, [1, 2])
   np.testing.assert_array_equal(lab, [3, 1])
+
+
+def test_fit_from_images_streams_images_and_caps_each_class():
+  gt = np.array([[10.0, 10.0, 49.0, 49.0]])
+  # Windows with IoU > 0.5 with the GT: the GT itself and two 1-px shifts; the last one is far away.
+  windows = np.array([[10, 10, 49, 49], [11, 10, 50, 49], [10, 11, 49, 50], [80, 80, 99, 99]], float)
+  rng = np.random.default_rng(0)
+  images = [(rng.normal(size=(4, 6)).astype(np.float16), windows, gt, np.array([k % 2]), np.array([False]))
+            for k in range(4)]
+  calls = []
+
+  def lazy(k):
+    return lambda: calls.append(k) or images[k]
+
+  full = R.fit_from_images((lazy(k) for k in range(4)), 2, lam=1.0)
+  assert calls == [0, 1, 2, 3]  # read once each, in order
+  capped = R.fit_from_images(images, 2, max_per_class=4, lam=1.0)
+  # Class 0 has images 0 and 2 (3 windows each): the cap keeps images 0's three and one of image 2's.
+  x = np.concatenate([images[0][0][:3], images[2][0][:1]]).astype(np.float64)
+  kept_capped = np.concatenate([images[k][0][:3] for k in (0, 1)] + [images[k][0][:1] for k in (2, 3)])
+  assert capped.feature_scale == pytest.approx(20.0 / np.linalg.norm(kept_capped.astype(np.float64), axis=1).mean())
+  expected = R.fit(x, np.concatenate([windows[:3], windows[:1]]), np.repeat(gt, 4, 0), np.zeros(4, np.int64), 2,
+                   lam=1.0, feature_scale=capped.feature_scale)
+  np.testing.assert_allclose(capped.weights[0], expected.weights[0], rtol=1e-6)
+  assert not np.allclose(full.weights[0], capped.weights[0])
+  # The feature scale is the one mean-norm rule: 20 / mean row norm of the kept rows.
+  kept = np.concatenate([images[k][0][:3] for k in range(4)]).astype(np.float64)
+  assert full.feature_scale == pytest.approx(20.0 / np.linalg.norm(kept, axis=1).mean())
+  with pytest.raises(ValueError, match="at least one image"):
+    R.fit_from_images([], 2)
