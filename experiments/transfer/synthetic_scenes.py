@@ -1,5 +1,6 @@
-"""Built-in counterpart of Table 6: multi-label classification of the built-in detection scenes
-(12 shape classes, 1-5 objects per VOC-sized image) from the slim 96-px ZF-5 of the main job,
+"""Built-in counterpart of Table 6: multi-label classification of scenes like the built-in
+detection data (12 shape classes, 1-3 objects of 0.2-0.6 of the short side anywhere in a
+VOC-sized image) from the slim 96-px ZF-5 of the main job,
 trained once on single-object images: (a) no-SPP crop 96, (b) SPP crop 96, (c) SPP full image
 at short side 96, (d) SPP full at 168 (the paper's 224 and 392, scaled by 96/224). No
 fine-tuning, L2-normalised features, linear SVM C = 1, 11-point mean AP on 600 test scenes,

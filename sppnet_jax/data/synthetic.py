@@ -511,14 +511,25 @@ class SyntheticDetection:
   border; an object is ``is_difficult`` when less than 40% of it is visible or
   its extent is under 20 px; fully hidden objects are dropped.
   Images are VOC-like: long side mostly 500 px, short side 281-375, about a
-  quarter portrait.
+  quarter portrait. ``max_objects`` (default 5) and ``object_size`` (extent as
+  a fraction of the short side, default 0.05-0.7) shape a variant; the defaults
+  give the images above.
   """
 
-  def __init__(self, split: str, num_examples: int, seed: int = 0, clutter: int = 8):
+  DEFAULT_OBJECT_SIZE: tuple[float, float] = (0.05, 0.7)
+
+  def __init__(self, split: str, num_examples: int, seed: int = 0, clutter: int = 8, max_objects: int = 5,
+               object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE):
     _check_size_args(num_examples, seed)
     _split_code(split)
+    low, high = (float(x) for x in object_size)
+    if not 0.01 <= low <= high <= 0.98:
+      raise ValueError(f'object_size must be (min, max) fractions of the short side with '
+                       f'0.01 <= min <= max <= 0.98, got {tuple(object_size)}')
+    if int(max_objects) < 1:
+      raise ValueError(f'max_objects must be at least 1, got {max_objects}')
     self.split, self.num_examples, self.seed = split, int(num_examples), int(seed)
-    self.clutter = int(clutter)
+    self.clutter, self.max_objects, self.object_size = int(clutter), int(max_objects), (low, high)
 
   @property
   def num_classes(self) -> int:
@@ -541,8 +552,9 @@ class SyntheticDetection:
     long = 500 if rng.random() < 0.8 else int(rng.integers(400, 501))
     short = int(rng.choice([375, 333, 375, 281, int(rng.integers(300, 376))]))
     h, w = (short, long) if rng.random() < 0.75 else (long, short)
-    labels = [int(x) for x in rng.integers(len(CLASS_NAMES), size=int(rng.integers(1, 6)))]
-    return render_scene(rng, h, w, labels, min_size=0.05 * short, max_size=0.7 * short,
+    labels = [int(x) for x in rng.integers(len(CLASS_NAMES), size=int(rng.integers(1, self.max_objects + 1)))]
+    low, high = self.object_size
+    return render_scene(rng, h, w, labels, min_size=low * short, max_size=high * short,
                         clutter=int(rng.integers(0, self.clutter + 1)), p_inside=0.7,
                         return_masks=return_masks)
 

@@ -84,8 +84,8 @@ SYNTHETIC_TRUNK_DIR = "runs/transfer/trunks"
 def synthetic_scenes() -> ml_collections.ConfigDict:
   columns = [column("a", "nospp", "crop", 96, CROP_LAYERS_NOSPP), column("b", "spp", "crop", 96, CROP_LAYERS_SPP),
              column("c", "spp", "full", 96, FULL_LAYERS), column("d", "spp", "full", 168, FULL_LAYERS)]
-  c = base({"name": "synthetic_scenes", "num_train": 600, "num_test": 600, "seed": 0}, SYNTHETIC_TRUNKS, columns,
-           "built-in scenes, multi-label (the Table 6 counterpart)")
+  c = base({"name": "synthetic_scenes", "num_train": 600, "num_test": 600, "seed": 0, "max_objects": 3,
+            "object_size": (0.2, 0.6)}, SYNTHETIC_TRUNKS, columns, "built-in scenes, multi-label (the Table 6 counterpart)")
   c.comparisons = [("b", "a"), ("c", "b"), ("d", "c")]
   c.trunk_dir, c.mean, c.bucket, c.max_aspect = SYNTHETIC_TRUNK_DIR, "trunk", 16, 16 / 9
   return c
@@ -94,8 +94,9 @@ def synthetic_scenes() -> ml_collections.ConfigDict:
 def synthetic_shapes() -> ml_collections.ConfigDict:
   columns = [column("a", "nospp", "crop", 96, CROP_LAYERS_NOSPP), column("b", "spp", "crop", 96, CROP_LAYERS_SPP),
              column("c", "spp", "full", 96, FULL_LAYERS)]
-  c = base({"name": "synthetic_shapes", "num_examples": 960, "seed": 0, "object_size": (0.15, 0.35)},
-           SYNTHETIC_TRUNKS, columns, "built-in shapes at new object sizes (the Table 7 counterpart)")
+  c = base({"name": "synthetic_shapes", "num_examples": 960, "seed": 0, "object_size": (0.22, 0.9)},
+           SYNTHETIC_TRUNKS, columns, "built-in shapes, a linear classifier from 30 images per class "
+           "(the Table 7 counterpart)")
   c.comparisons = [("b", "a"), ("c", "b")]
   c.trunk_dir, c.mean, c.bucket, c.max_aspect = SYNTHETIC_TRUNK_DIR, "trunk", 16, 16 / 9
   return c

@@ -48,7 +48,8 @@ def _trunk_config(spec: str) -> ml_collections.ConfigDict | None:
 
 
 def prepare_trunk(name: str, spec: str, trunk_root: pathlib.Path):
-  """(config, model, params, mean, checkpoint dir) of a trunk, training it first if needed."""
+  """(config, model, params, mean, checkpoint dir) of a trunk, training it first if needed; None
+  when that training was stopped by a signal (it saved; rerunning resumes it)."""
   config = _trunk_config(spec)
   if config is None:
     trunk_dir = pathlib.Path(spec)
@@ -62,9 +63,8 @@ def prepare_trunk(name: str, spec: str, trunk_root: pathlib.Path):
     config.eval.update(views=("crop",), sweep_sizes=())
     if not workdir_lib.has_checkpoint(trunk_dir) or not (trunk_dir / "eval.json").exists():
       logging.info("training trunk %r into %s", name, trunk_dir)
-      result = train.train_and_evaluate(config, trunk_dir)
-      if result.get("preempted"):
-        raise KeyboardInterrupt(f"training of trunk {name!r} was stopped; rerun to resume it.")
+      if train.train_and_evaluate(config, trunk_dir).get("preempted"):
+        return None
   trunk_config, model, params, mean = workdir_lib.load_run(trunk_dir)
   return trunk_config, model, params, mean, trunk_dir
 
@@ -117,14 +117,19 @@ def _compare(task: tasks.Task, a, b, seed: int) -> dict:
 
 
 def transfer_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-  """Runs every column of ``config`` in ``workdir`` and writes ``results.json`` and ``report.md``."""
+  """Runs every column of ``config`` in ``workdir`` and writes ``results.json`` and ``report.md``.
+  Returns the results, or ``{'preempted': True, 'trunk': name}`` when a trunk's training was stopped."""
   workdir = pathlib.Path(workdir)
   _check(config)
   workdir_lib.write_config(config, workdir, has_outputs=lambda w: (w / RESULTS_FILE).exists(), ignore=("progress",))
   start = time.time()
   task = tasks.get_task(config)
   trunk_root = pathlib.Path(config.trunk_dir) if config.get("trunk_dir") else workdir / "trunks"
-  trunks = {name: prepare_trunk(name, str(spec), trunk_root) for name, spec in config.trunks.items()}
+  trunks = {}
+  for name, spec in config.trunks.items():
+    trunks[name] = prepare_trunk(name, str(spec), trunk_root)
+    if trunks[name] is None:
+      return {"preempted": True, "trunk": name}
   results: dict[str, Any] = {"task": task.name, "kind": task.kind, "columns": {}, "comparisons": []}
   raw: dict[tuple[str, str], np.ndarray] = {}
   for column in config.columns:

@@ -7,9 +7,9 @@ A :class:`Task` is either
 * ``split`` (Caltech101): one ``pool`` source with single labels, split at random per seed.
 
 Sources: TFDS ``voc/2007`` and ``caltech101`` through ``tfds.data_source``, and two built-in
-tasks that need no download: ``synthetic_scenes`` (multi-label classification of the built-in
-detection scenes: 1-5 shapes per VOC-sized image, objects 5-70 % of the short side) and
-``synthetic_shapes`` (single-label shapes at object sizes the trunk was not trained on).
+tasks that need no download: ``synthetic_scenes`` (multi-label classification of scenes like
+the built-in detection data: several shapes per VOC-sized image) and ``synthetic_shapes``
+(single-label shapes, a new linear classifier from 30 images per class).
 """
 
 from __future__ import annotations
@@ -135,13 +135,15 @@ class _SceneImages:
     return {"image": self._scenes.render(int(index))[0]}
 
 
-def synthetic_scenes(num_train: int = 600, num_test: int = 600, seed: int = 0) -> Task:
-  """Multi-label classification of the built-in detection scenes (the VOC 2007 counterpart):
-  12 classes, ``num_train`` training and ``num_test`` test scenes."""
+def synthetic_scenes(num_train: int = 600, num_test: int = 600, seed: int = 0, max_objects: int = 5,
+                     object_size: tuple[float, float] = synthetic.SyntheticDetection.DEFAULT_OBJECT_SIZE) -> Task:
+  """Multi-label classification of built-in scenes (the VOC 2007 counterpart): 12 classes,
+  ``num_train`` training and ``num_test`` test scenes of 1..``max_objects`` shapes of
+  ``object_size`` (fractions of the short side) on VOC-sized images."""
   images, targets = {}, {}
   k = len(synthetic.CLASS_NAMES)
   for split, n in (("train", num_train), ("test", num_test)):
-    scenes = synthetic.SyntheticDetection(split, n, seed)
+    scenes = synthetic.SyntheticDetection(split, n, seed, max_objects=max_objects, object_size=tuple(object_size))
     rows = []
     for i in range(n):
       objects = scenes.render(i)[1]
@@ -150,7 +152,7 @@ def synthetic_scenes(num_train: int = 600, num_test: int = 600, seed: int = 0) -
   return Task("synthetic_scenes", "multilabel", tuple(synthetic.CLASS_NAMES), images, targets)
 
 
-def synthetic_shapes(num_examples: int = 960, seed: int = 0, object_size: tuple[float, float] = (0.15, 0.35),
+def synthetic_shapes(num_examples: int = 960, seed: int = 0, object_size: tuple[float, float] = (0.22, 0.9),
                      short_side: tuple[int, int] = (160, 320)) -> Task:
   """Single-label shapes (the Caltech101 counterpart): objects of ``object_size`` of the short side,
   photo-sized images; split per seed with the Caltech rule."""
@@ -168,7 +170,7 @@ def get_task(config) -> Task:
   if t.name == "caltech101":
     return caltech101(t.get("data_dir"))
   if t.name == "synthetic_scenes":
-    return synthetic_scenes(t.num_train, t.num_test, t.seed)
+    return synthetic_scenes(t.num_train, t.num_test, t.seed, t.max_objects, tuple(t.object_size))
   if t.name == "synthetic_shapes":
     return synthetic_shapes(t.num_examples, t.seed, tuple(t.object_size))
   raise ValueError(f"unknown transfer task {t.name!r}; use voc2007, caltech101, synthetic_scenes or "
