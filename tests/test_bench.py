@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from sppnet_jax import models, ops, train
-from sppnet_jax.bench import hardware, pooling, suite
+from sppnet_jax import models, ops
+from sppnet_jax.bench import hardware, pooling, suite, table10, train_step
 
 torch = pytest.importorskip("torch")
 from sppnet_jax.bench import torch_peer  # noqa: E402
@@ -81,25 +81,42 @@ def test_lrn_gradient_matches_torch_autograd(rng, spec):
 
 @pytest.mark.parametrize("name", ["zf5", "overfeat7"])
 def test_torch_train_step_matches_jax_step(small_models, rng, name):
-  """Two SGD-momentum steps from the same parameters give the same losses and parameters."""
+  """The two timed steps (``bench.train_step.sgd_step`` and the torch peer's): two SGD-momentum steps
+  from the same parameters give the same losses and parameters."""
   model, params, _ = small_models[name]
   images = rng.standard_normal((3, 64, 80, 3)).astype(np.float32)
   labels = rng.integers(0, 10, 3)
-  tx = optax.trace(decay=0.9)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  jax_step = jax.jit(train.make_train_step(model, tx))
+  jax_params = jax.tree.map(jnp.array, params)
+  opt_state = optax.trace(decay=train_step.MOMENTUM).init(jax_params)
+  jax_step = train_step.sgd_step(model)
   peer = torch_peer.load_flax_params(torch_peer.from_flax(model), params).train()
-  step = torch_peer.make_train_step(peer, torch.optim.SGD(peer.parameters(), lr=0.01, momentum=0.9), "float32",
-                                    compile_model=False)
+  optimizer = torch.optim.SGD(peer.parameters(), lr=train_step.LEARNING_RATE, momentum=train_step.MOMENTUM)
+  step = torch_peer.make_train_step(peer, optimizer, "float32", compile_model=False)
   for _ in range(2):
-    state, metrics = jax_step(state, images, labels.astype(np.int32), jnp.float32(0.01), jax.random.key(0))
-    loss = step(nchw(images), torch.from_numpy(labels))
-    np.testing.assert_allclose(float(loss), float(metrics["loss"]), rtol=1e-5)
+    jax_params, opt_state, loss = jax_step(jax_params, opt_state, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
+                                           jax.random.key(0))
+    torch_loss = step(nchw(images), torch.from_numpy(labels))
+    np.testing.assert_allclose(float(torch_loss), float(loss), rtol=1e-5)
   for index, conv in enumerate(peer.convs, start=1):
-    kernel = np.asarray(state.params["trunk"][f"conv{index}"]["kernel"]).transpose(3, 2, 0, 1)
+    kernel = np.asarray(jax_params["trunk"][f"conv{index}"]["kernel"]).transpose(3, 2, 0, 1)
     np.testing.assert_allclose(conv.weight.detach().numpy(), kernel, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(peer.fc8.bias.detach().numpy(), np.asarray(state.params["head"]["fc8"]["bias"]),
+  np.testing.assert_allclose(peer.fc8.bias.detach().numpy(), np.asarray(jax_params["head"]["fc8"]["bias"]),
                              rtol=1e-4, atol=1e-6)
+
+
+def test_interleaved_alternates_runners_and_times_every_round():
+  calls = []
+  times = train_step.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+  assert calls == ["a", "b"] * 4
+  assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+
+
+def test_table10_photos_are_colour_photographs():
+  images = table10.photos()
+  assert [im.shape for im in images] == [(512, 512, 3), (400, 600, 3), (427, 640, 3)]
+  assert all(im.dtype == np.uint8 and im.std() > 20 for im in images)
+  windows, seconds = table10.windows_for([images[1][::4, ::4]], max_windows=7)
+  assert windows[0].shape == (7, 4) and seconds[0] > 0
 
 
 def test_torch_benchmark_row_runs():

@@ -80,9 +80,7 @@ def train_step_benchmark(quick: bool, peaks: hardware.Peaks, torch_compile: bool
   ``compile_s``: JAX's ahead-of-time compile; torch's first step (compiling included with
   ``torch_compile``, else eager warm-up).
   """
-  import optax
-
-  from sppnet_jax import train
+  from sppnet_jax.bench import train_step
   peer = _torch_peer()
   on_gpu = jax.devices()[0].platform == "gpu"
   batch = 128 if on_gpu else (4 if quick else 8)
@@ -91,23 +89,9 @@ def train_step_benchmark(quick: bool, peaks: hardware.Peaks, torch_compile: bool
   for name in nets:
     for dtype in ("float32", "bfloat16"):
       model = models.create_model(name, dtype=dtype)
-      tx = optax.trace(decay=0.9)
-      state = train.init_state(model, tx, 224, 0)
-      step = jax.jit(train.make_train_step(model, tx), donate_argnums=0)
       for size in (224, 180):
-        images = jnp.zeros((batch, size, size, 3), jnp.float32)
-        labels = jnp.zeros((batch,), jnp.int32)
-        start = time.perf_counter()
-        compiled = step.lower(state, images, labels, jnp.float32(0.01), jax.random.key(0)).compile()
-        compile_s = time.perf_counter() - start
-        holder = {"state": state}
-
-        def run():
-          holder["state"], metrics = compiled(holder["state"], images, labels, jnp.float32(0.01), jax.random.key(0))
-          jax.block_until_ready(metrics["loss"])
-
+        run, compile_s = train_step.jax_runner(model, size, batch)
         seconds = median_ms(run, repeats)[0] / 1e3
-        state = holder["state"]
         jax_row = _with_flops({"model": name, "dtype": dtype, "input": size, "batch": batch, "framework": "jax",
                                "step_ms": 1e3 * seconds, "images_per_s": batch / seconds, "compile_s": compile_s,
                                "note": "jit"}, model, peaks)

@@ -1,0 +1,157 @@
+"""The JAX training step beside the ``torch.compile`` peer, timed interleaved in one process.
+
+Both sides run the same update on the same network (``bench.torch_peer`` builds the torch
+network from the Flax model's layer specs): forward in train mode (dropout on), softmax
+cross-entropy, backward, and SGD with momentum 0.9 at learning rate 0.01 (``optax.trace`` +
+``p - lr * v``, torch's ``SGD(momentum=0.9)``). The JAX step is one jitted function with the
+parameters and momentum donated; the torch step compiles forward, loss and backward with
+``torch.compile`` (``channels_last``) and runs the optimizer eagerly.
+
+Rounds alternate one JAX step and one torch step after warm-up, so both see the same machine
+load; the figure of merit is the median over rounds of torch's step time over JAX's (above 1:
+JAX faster). Run from ``.venv-bench``::
+
+    .venv-bench/bin/python -m sppnet_jax.bench.train_step --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sppnet_jax import models
+from sppnet_jax.timing import environment
+
+LEARNING_RATE, MOMENTUM = 0.01, 0.9
+CASES = (("zf5", 224), ("zf5", 180), ("overfeat7", 224), ("overfeat7", 180))
+
+
+def sgd_step(model: models.SPPNet, learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM) -> Callable:
+  """(params, momentum_state, images, labels, key) -> (params, momentum_state, loss), jitted, the
+  first two arguments donated."""
+  tx = optax.trace(decay=momentum)
+
+  def step(params, opt_state, images, labels, key):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return jax.tree.map(lambda p, u: p - learning_rate * u, params, updates), opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def jax_runner(model: models.SPPNet, size: int, batch: int) -> tuple[Callable[[], None], float]:
+  """A no-argument function running one JAX step (state kept inside), and the compile seconds."""
+  params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
+  opt_state = optax.trace(decay=MOMENTUM).init(params)
+  images = jnp.zeros((batch, size, size, 3), jnp.float32)
+  labels = jnp.zeros((batch,), jnp.int32)
+  key = jax.random.key(0)
+  start = time.perf_counter()
+  compiled = sgd_step(model).lower(params, opt_state, images, labels, key).compile()
+  compile_s = time.perf_counter() - start
+  state = {"params": params, "opt": opt_state}
+
+  def run():
+    state["params"], state["opt"], loss = compiled(state["params"], state["opt"], images, labels, key)
+    jax.block_until_ready(loss)
+
+  return run, compile_s
+
+
+def torch_runner(model: models.SPPNet, size: int, batch: int, dtype: str, compile_model: bool
+                 ) -> tuple[Callable[[], None], float]:
+  """The torch peer's step as a no-argument function (first step, compiling included, already run)."""
+  import torch
+
+  from sppnet_jax.bench import torch_peer
+  torch.manual_seed(0)
+  module = torch_peer.from_flax(model).to(memory_format=torch.channels_last).train()
+  optimizer = torch.optim.SGD(module.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+  step = torch_peer.make_train_step(module, optimizer, dtype, compile_model)
+  images = torch.zeros(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+  labels = torch.zeros(batch, dtype=torch.long)
+  start = time.perf_counter()
+  float(step(images, labels))
+  return (lambda: float(step(images, labels))), time.perf_counter() - start
+
+
+def interleaved(runners: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+  """Milliseconds of each runner per round, the runners alternating within every round."""
+  for _ in range(warmup):
+    for run in runners.values():
+      run()
+  times = {name: [] for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(1e3 * (time.perf_counter() - start))
+  return times
+
+
+def compare(name: str, size: int, batch: int = 8, dtype: str = "float32", rounds: int = 7,
+            compile_model: bool = True) -> dict:
+  """One row: JAX and torch step times (medians and every round) and the median per-round ratio."""
+  model = models.create_model(name, dtype=dtype)
+  jax_run, jax_compile_s = jax_runner(model, size, batch)
+  torch_run, torch_first_s = torch_runner(model, size, batch, dtype, compile_model)
+  times = interleaved({"jax": jax_run, "torch": torch_run}, rounds)
+  ratios = np.asarray(times["torch"]) / np.asarray(times["jax"])
+  return {"model": name, "input": size, "batch": batch, "dtype": dtype, "rounds": rounds,
+          "jax_ms": float(np.median(times["jax"])), "torch_ms": float(np.median(times["torch"])),
+          "jax_over_torch": float(np.median(ratios)), "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
+          "jax_ms_rounds": times["jax"], "torch_ms_rounds": times["torch"], "jax_compile_s": jax_compile_s,
+          "torch_first_step_s": torch_first_s, "torch": "torch.compile" if compile_model else "eager"}
+
+
+def format_table(rows: Sequence[dict]) -> str:
+  lines = ["| model | input | dtype | batch | JAX ms / step | torch ms / step | JAX speed / torch (median of rounds) | "
+           "range over rounds |", "|---|---:|---|---:|---:|---:|---:|---|"]
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['input']} | {r['dtype']} | {r['batch']} | {r['jax_ms']:.0f} | {r['torch_ms']:.0f} | "
+                 f"{r['jax_over_torch']:.2f}x | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default="benchmarks/results")
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+  args = parser.parse_args(argv)
+  import torch
+  torch.set_num_threads(args.threads)
+  rows = []
+  for name, size in CASES:
+    rows.append(compare(name, size, args.batch, args.dtype, args.rounds))
+    print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+  date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  env = environment()
+  text = "\n".join([f"# Training step, JAX beside the torch.compile peer, interleaved — {date}", "", "```",
+                    json.dumps(env, indent=2), "```", "", format_table(rows), ""])
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  stem = f"train_step_{jax.devices()[0].platform}_{args.dtype}_{date[:10]}"
+  (out / f"{stem}.json").write_text(json.dumps({"date": date, "environment": env, "rows": rows}, indent=2))
+  (out / f"{stem}.md").write_text(text)
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  main()
