@@ -193,6 +193,18 @@ def test_voc_and_caltech_tasks_on_mocked_tfds():
     assert np.array_equal(c.images["pool"][2]["image"], caltech["test"][0]["image"])
 
 
+def test_image_folder_task(tmp_path):
+  from PIL import Image
+  for name, count in (("bird", 2), ("car", 3)):
+    (tmp_path / name).mkdir()
+    for i in range(count):
+      Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
+  task = tasks.image_folder(str(tmp_path))
+  assert task.kind == "split" and task.class_names == ("bird", "car")
+  assert task.targets["pool"].tolist() == [0, 0, 1, 1, 1]
+  assert task.images["pool"][3]["image"].shape == (20, 30, 3)
+
+
 def test_synthetic_tasks_have_their_targets():
   scenes = tasks.synthetic_scenes(num_train=4, num_test=3)
   assert scenes.targets["train"].shape == (4, 12) and (scenes.targets["train"] == 1).any(1).all()

@@ -196,7 +196,8 @@ def report(results: dict, title: str) -> str:
   for layer in layers:
     lines.append(f"| {layer} | " + " | ".join(_cell(c["cells"].get(layer)) for c in columns.values()) + " |")
   if results["comparisons"]:
-    lines += ["", "Paired comparisons on the same test images (A − B, points):", ""]
+    same = "test images" if results["kind"] == "multilabel" else "splits"
+    lines += ["", f"Paired comparisons on the same {same} (A − B, points):", ""]
     for c in results["comparisons"]:
       sign = "resolved" if (c["low"] > 0 or c["high"] < 0) and c["p_value"] < 0.05 else "unresolved"
       lines.append(f"- {c['layer']}: {c['a']} − {c['b']} = {c['difference']:+.2f} [{c['low']:+.2f}, "

@@ -6,7 +6,8 @@ A :class:`Task` is either
   in {+1, 0, -1} (present, only difficult instances, absent), or
 * ``split`` (Caltech101): one ``pool`` source with single labels, split at random per seed.
 
-Sources: TFDS ``voc/2007`` and ``caltech101`` through ``tfds.data_source``, and two built-in
+Sources: TFDS ``voc/2007`` and ``caltech101`` through ``tfds.data_source``, an image folder
+(``folder:/root`` with ``root/<class>/<images>``, split like Caltech101), and two built-in
 tasks that need no download: ``synthetic_scenes`` (multi-label classification of scenes like
 the built-in detection data: several shapes per VOC-sized image) and ``synthetic_shapes``
 (single-label shapes, a new linear classifier from 30 images per class).
@@ -162,6 +163,13 @@ def synthetic_shapes(num_examples: int = 960, seed: int = 0, object_size: tuple[
   return Task("synthetic_shapes", "split", tuple(synthetic.CLASS_NAMES), {"pool": source}, {"pool": labels})
 
 
+def image_folder(root: str) -> Task:
+  """Single-label images in ``root/<class>/<file>`` (e.g. Caltech101 as downloaded), split per seed
+  with the Caltech rule; labels follow the sorted class folder names."""
+  source = sources.ImageFolderSource(root)
+  return Task(f"folder:{root}", "split", tuple(source.class_names), {"pool": source}, {"pool": source.labels})
+
+
 def get_task(config) -> Task:
   """The task named by a transfer config's ``task`` block."""
   t = config.task
@@ -173,5 +181,7 @@ def get_task(config) -> Task:
     return synthetic_scenes(t.num_train, t.num_test, t.seed, t.max_objects, tuple(t.object_size))
   if t.name == "synthetic_shapes":
     return synthetic_shapes(t.num_examples, t.seed, tuple(t.object_size))
-  raise ValueError(f"unknown transfer task {t.name!r}; use voc2007, caltech101, synthetic_scenes or "
-                   "synthetic_shapes.")
+  if t.name.startswith("folder:"):
+    return image_folder(t.name[len("folder:"):])
+  raise ValueError(f"unknown transfer task {t.name!r}; use voc2007, caltech101, synthetic_scenes, "
+                   "synthetic_shapes or folder:/path/to/root (root/<class>/<images>).")
