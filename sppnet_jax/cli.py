@@ -9,6 +9,7 @@
   sppnet detect     --workdir DIR --image PATH [--out detections.png] [--top_k 10] [--score_threshold S]
   sppnet transfer   --config experiments/transfer/X.py --workdir DIR   (Tables 6-7: SVMs on SPP features)
   sppnet bench      [--out DIR] [--quick] [--[no]torch_compile]
+  sppnet bench-input [--out DIR] [--quick]   (input pipeline: images/s per core, efficiency)
   sppnet check-data --config experiments/X.py [--split train|eval|both] [--workers N]
 
 `sppnet COMMAND --help` lists a command's flags. Errors in what was asked for (a bad value, a
@@ -154,13 +155,21 @@ def _detect(args) -> None:
 def _transfer(args) -> None:
   from sppnet_jax.transfer import run
   workdir = _require("workdir")
-  run.transfer_and_evaluate(_config("experiments/transfer/synthetic_scenes.py"), workdir)
+  result = run.transfer_and_evaluate(_config("experiments/transfer/synthetic_scenes.py"), workdir)
+  if result.get("preempted"):
+    print(f"stopped while training trunk {result['trunk']!r} (saved); run the same command again to resume.")
+    return
   print(open(os.path.join(workdir, run.REPORT_FILE)).read())
 
 
 def _bench(args) -> None:
   from sppnet_jax.bench import suite
   print(suite.run_suite(FLAGS.out or "benchmarks/results", quick=FLAGS.quick, torch_compile=FLAGS.torch_compile))
+
+
+def _bench_input(args) -> None:
+  from sppnet_jax.bench import input as bench_input
+  print(json.dumps(bench_input.run(FLAGS.out or "benchmarks/input", quick=FLAGS.quick), indent=2))
 
 
 def _check_data(args) -> int:
@@ -206,6 +215,10 @@ COMMANDS: dict[str, Command] = {
                         "the report beside the paper's figures.", ("config", "workdir")),
     "bench": Command(_bench, "sppnet bench [--out DIR] [--quick] [--[no]torch_compile]",
                      "Runs the benchmark suite and writes its results.", ("out", "quick", "torch_compile")),
+    "bench-input": Command(_bench_input, "sppnet bench-input [--out DIR] [--quick]",
+                           "Input pipeline on photo-like JPEGs: images/s per core before and after on-device "
+                           "augmentation with 0, 1 and 2 workers; pipeline efficiency of the slim training.",
+                           ("out", "quick")),
     "check-data": Command(_check_data, "sppnet check-data --config experiments/X.py [--split train|eval|both] "
                           "[--workers N]",
                           "Decodes every example of a config's dataset in parallel and lists those that fail "

@@ -14,7 +14,13 @@ the functions here, so a field is defined once. Fields:
                    holdout_fraction: for an image folder with no split folders, hold out this
                    fraction of every class (seeded by data.seed, stratified) as 'validation';
                    on_bad_image: error (an undecodable image stops the run) | skip (the next
-                   decodable example stands in, counted; see data.sources.SkipBadImages)
+                   decodable example stands in, counted; see data.sources.SkipBadImages);
+                   worker_count: grain worker processes decoding and augmenting (None: the
+                   cores available less one; 0: in the training process, with threads);
+                   prefetch: batches read ahead per worker. Neither changes what a run computes.
+                   device_augment: the host decodes and crops, and uint8 crops go to the
+                   device, which resizes, flips, adds colour noise and normalises
+                   (sppnet_jax.data.device_augment; fixed-size modes)
   train.mode       single | multi (crop and second size alternating per epoch) | random |
                    full (whole images, short side from full_short_range per example, shape
                    buckets of full_bucket px with valid_hw masks; beyond the paper)
@@ -56,7 +62,8 @@ def base() -> ml_collections.ConfigDict:
                 num_eval=None, seed=0, crop_size=224, short_side=256, second_size=180,
                 positions="five", pca_std=0.1, normalize="mean_image", mean_samples=10_000, train_object_size=None,
                 eval_object_size=None, cache=False,
-                holdout_fraction=ml_collections.FieldReference(None, field_type=float), on_bad_image="error")
+                holdout_fraction=ml_collections.FieldReference(None, field_type=float), on_bad_image="error",
+                worker_count=ml_collections.FieldReference(None, field_type=int), prefetch=2, device_augment=True)
   c.train = dict(mode="single", random_range=(180, 224), full_short_range=(180, 256), full_bucket=32,
                  batch_size=128, num_epochs=70, optimizer="sgd",
                  learning_rate=0.01,
@@ -112,6 +119,9 @@ def synthetic(variant: str, model: str = "zf5") -> ml_collections.ConfigDict:
   * no dropout (with dropout 0.5 the loss had not left ln(12) after 700 Adam steps);
   * per-image standardised inputs instead of mean-image subtraction (the shapes' colours span
     the whole colour cube; this shortened the initial plateau to about 200 steps);
+  * the input is read in the training process (``data.worker_count=0``): the rendered
+    examples are kept in this process's memory (``data.cache``), which worker processes
+    would each have to render again;
   * objects of 0.4-0.9 of the short side (not 0.22-0.9): below about 0.3 a 12-px hexagon and
     an ellipse differ by a few pixels, and telling them apart took most of the budget without
     converging.
@@ -128,7 +138,8 @@ def synthetic(variant: str, model: str = "zf5") -> ml_collections.ConfigDict:
   c.model.initializer = "he"
   c.data.update(name="synthetic", train_split="train", eval_split="validation", num_train=2048, num_eval=4500,
                 crop_size=96, short_side=110, second_size=77, mean_samples=256, train_object_size=SYNTHETIC_OBJECT_SIZE,
-                eval_object_size=SYNTHETIC_OBJECT_SIZE, cache=True)
+                eval_object_size=SYNTHETIC_OBJECT_SIZE, cache=True, worker_count=0,
+                device_augment=False)
   c.data.synthetic_short_side = (110, 110)  # rendered at the training short side: no resize per step
   c.data.normalize = "per_image"
   c.data.pca_std = 0.0  # a per-channel colour shift, which per-image standardisation removes anyway

@@ -1,9 +1,21 @@
-"""The train state, the model a config names, and its optimizer: what both training and
-reading a trained run (:func:`sppnet_jax.workdir.load_run`) need."""
+"""The train state, the model a config names, and its optimizer with the learning-rate rule
+inside it: what both training and reading a trained run (:func:`sppnet_jax.workdir.load_run`)
+need.
+
+The optimizer (:func:`make_optimizer`) is one optax chain: weight decay on kernels, the update
+direction (SGD momentum or Adam), the learning rate of the step-drop schedule
+(``optax.inject_hyperparams`` over a ``piecewise_constant_schedule`` of the step count), and the
+plateau rule (``optax.contrib.reduce_on_plateau``) that scales it. The rate lives in the
+optimizer state as arrays, so a drop never recompiles the step; the plateau rule's state
+(best error, epochs without improvement, scale) is part of the train state and so of every
+checkpoint. The plateau rule watches the validation error, not the loss: a training step only
+applies its scale (:func:`plateau_scaled`), and :func:`observe_validation` feeds it one error
+per validation.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
@@ -15,6 +27,10 @@ import optax
 from sppnet_jax import models
 
 Array = jax.Array
+
+LR_DROP_FACTOR = 0.1
+# Positions in the optimizer chain of :func:`make_optimizer`.
+_RATE, _PLATEAU = 2, 3
 
 
 @flax.struct.dataclass
@@ -31,22 +47,93 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.S
                              initializer=m.initializer, dtype=m.dtype, channels=m.get("channels"))
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Weight decay on kernels (not biases) added to the gradient, then the update direction.
+def lr_schedule(config: ml_collections.ConfigDict, epoch_steps: Sequence[int]) -> optax.Schedule:
+  """The learning rate as a function of the optimizer's step count.
+
+  ``train.lr_schedule='steps'``: ``learning_rate`` divided by 10 at the first step of every
+  epoch in ``lr_drop_epochs`` (``epoch_steps[e]`` is the number of steps of epoch ``e``; 'full'
+  mode epochs differ in length). ``'plateau'``: constant here; :func:`observe_validation`
+  divides it.
+  """
+  t = config.train
+  if t.lr_schedule == "plateau":
+    return optax.constant_schedule(float(t.learning_rate))
+  if t.lr_schedule != "steps":
+    raise ValueError(f"train.lr_schedule must be 'steps' or 'plateau'; got {t.lr_schedule!r}.")
+  starts = [0]
+  for n in epoch_steps:
+    starts.append(starts[-1] + int(n))
+  boundaries: dict[int, float] = {}
+  for e in sorted(int(e) for e in t.lr_drop_epochs):
+    if e < len(starts):
+      boundaries[starts[e]] = boundaries.get(starts[e], 1.0) * LR_DROP_FACTOR
+  return optax.piecewise_constant_schedule(float(t.learning_rate), boundaries)
+
+
+def plateau_scaled(rule: optax.GradientTransformationExtraArgs) -> optax.GradientTransformationExtraArgs:
+  """``rule`` (``optax.contrib.reduce_on_plateau``) applied in two roles: called without
+  ``value`` (a training step) it only scales the updates by the current scale and keeps its
+  state; called with ``value`` (a validation error) it runs the rule."""
+
+  def update(updates, state, params=None, *, value=None, **extra):
+    if value is None:
+      return jax.tree.map(lambda u: (state.scale * u).astype(u.dtype), updates), state
+    return rule.update(updates, state, params, value=value, **extra)
+
+  return optax.GradientTransformationExtraArgs(rule.init, update)
+
+
+def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+  """Divide by 10 after ``plateau_patience`` validations without an improvement of more than
+  ``plateau_min_delta``, at most ``max_lr_drops`` times (never, under the 'steps' schedule)."""
+  t = config.train
+  drops = int(t.max_lr_drops) if t.lr_schedule == "plateau" else 0
+  delta = float(t.plateau_min_delta)
+  return optax.contrib.reduce_on_plateau(
+      factor=LR_DROP_FACTOR, patience=int(t.plateau_patience), atol=delta, rtol=0.0 if delta > 0 else 1e-12,
+      min_scale=LR_DROP_FACTOR**drops if drops else 1.0)
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   epoch_steps: Sequence[int] | None = None) -> optax.GradientTransformationExtraArgs:
+  """Weight decay on kernels (not biases) added to the gradient, the update direction, then the
+  learning rate (see the module docstring); the step applies ``params + updates``.
 
   ``train.optimizer='sgd'`` (the paper's): heavy-ball momentum,
   ``v = momentum * v + (g + wd * w)``, ``w -= lr * v``. ``'adam'``: Adam's scaled direction
   (used by the slim CPU experiments, which must leave the initial plateau within minutes).
-  The learning rate is applied in the step (it is an argument, so changing it never
-  recompiles).
+  ``epoch_steps``: steps of each epoch, for the step-drop boundaries (default: one step per
+  epoch, enough to build the state's structure).
   """
+  t = config.train
   kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-  decay = optax.masked(optax.add_decayed_weights(config.train.weight_decay), kernels)
-  if config.train.optimizer == "sgd":
-    return optax.chain(decay, optax.trace(decay=config.train.momentum))
-  if config.train.optimizer == "adam":
-    return optax.chain(decay, optax.scale_by_adam())
-  raise ValueError(f"train.optimizer must be 'sgd' or 'adam'; got {config.train.optimizer!r}.")
+  decay = optax.masked(optax.add_decayed_weights(t.weight_decay), kernels)
+  if t.optimizer == "sgd":
+    direction = optax.trace(decay=t.momentum)
+  elif t.optimizer == "adam":
+    direction = optax.scale_by_adam()
+  else:
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}.")
+  schedule = lr_schedule(config, [1] * int(t.num_epochs) if epoch_steps is None else epoch_steps)
+  rate = optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=schedule)
+  return optax.chain(decay, direction, rate, plateau_scaled(plateau_rule(config)))
+
+
+def current_learning_rate(opt_state) -> Array:
+  """The rate the last step applied (before any step: the first step's): schedule times plateau scale."""
+  return opt_state[_RATE].hyperparams["learning_rate"] * opt_state[_PLATEAU].scale
+
+
+def lr_drops(opt_state) -> Array:
+  """How many times the plateau rule has divided the rate."""
+  return jnp.round(-jnp.log10(opt_state[_PLATEAU].scale)).astype(jnp.int32)
+
+
+def observe_validation(config: ml_collections.ConfigDict, opt_state, error) -> Any:
+  """``opt_state`` after the plateau rule has seen one validation error (the rule's state only)."""
+  rule = plateau_rule(config)
+  _, plateau = rule.update(jnp.zeros(()), opt_state[_PLATEAU], value=jnp.asarray(error, jnp.float32))
+  return (*opt_state[:_PLATEAU], plateau, *opt_state[_PLATEAU + 1:])
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int, seed: int) -> TrainState:

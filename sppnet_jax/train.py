@@ -14,6 +14,7 @@ run would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
@@ -28,14 +29,16 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sppnet_jax import evaluate, models
 from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from sppnet_jax.config_checks import validate_config
-from sppnet_jax.data import augment, pipeline, sources
+from sppnet_jax.data import device_augment, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter
+from sppnet_jax import state as state_lib
 from sppnet_jax.state import TrainState, build_model, init_state, make_optimizer
 from sppnet_jax.workdir import config_source, load_run  # noqa: F401  (load_run: detection still reads it from here)
 
@@ -51,14 +54,16 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, padded: bool = False) -> Callable:
-  """(state, images, labels, lr, key) -> (state, metrics). A non-finite step leaves the state unchanged.
+  """(state, images, labels, key) -> (state, metrics). A non-finite step leaves the state unchanged.
 
-  ``padded=True`` (whole-image training): (state, images, valid_hw, labels, lr, key), each
-  zero-padded image taken at its own size ``valid_hw`` (``SPPNet.padded``).
+  The learning rate is part of ``tx`` and its state (:func:`state.make_optimizer`), so a drop
+  changes arrays, never the compiled step. ``padded=True`` (whole-image training): (state,
+  images, valid_hw, labels, key), each zero-padded image taken at its own size ``valid_hw``
+  (``SPPNet.padded``).
   """
 
   def train_step(state: TrainState, images: Array, *args):
-    valid_hw, (labels, lr, key) = (args[0], args[1:]) if padded else (None, args)
+    valid_hw, (labels, key) = (args[0], args[1:]) if padded else (None, args)
     dropout_key = jax.random.fold_in(key, state.step)
 
     def loss_fn(params):
@@ -71,14 +76,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, padded: 
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+    params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            opt_state=keep(opt_state, state.opt_state))
     metrics = {"loss": loss, "top1_error": jnp.mean(jnp.argmax(logits, -1) != labels), "grad_norm": grad_norm,
-               "finite": finite}
+               "finite": finite, "lr": state_lib.current_learning_rate(opt_state)}
     return new_state, metrics
 
   return train_step
@@ -105,18 +110,21 @@ def size_schedule(config: ml_collections.ConfigDict) -> list[int]:
   raise ValueError(f"train.mode must be one of {MODES}; got {t.mode!r}.")
 
 
-def learning_rate(config: ml_collections.ConfigDict, epoch: int, plateau_drops: int) -> float:
+def epoch_steps(config: ml_collections.ConfigDict, source, shapes: np.ndarray | None) -> list[int]:
+  """Steps of every epoch up to the last learning-rate drop (what the schedule's boundaries need):
+  equal for the fixed-size modes, the length of each epoch's bucket plan in 'full' mode."""
   t = config.train
-  if t.lr_schedule == "steps":
-    drops = sum(epoch >= e for e in t.lr_drop_epochs)
-  elif t.lr_schedule == "plateau":
-    if t.get("eval_every_epochs", 1) != 1:
-      raise ValueError("train.lr_schedule='plateau' watches the validation error after every epoch; "
-                       f"set train.eval_every_epochs=1 (got {t.eval_every_epochs}).")
-    drops = plateau_drops
-  else:
-    raise ValueError(f"train.lr_schedule must be 'steps' or 'plateau'; got {t.lr_schedule!r}.")
-  return t.learning_rate * 0.1**drops
+  drops = [int(e) for e in t.lr_drop_epochs] if t.lr_schedule == "steps" else []
+  horizon = min(max(drops, default=0), int(t.num_epochs))
+  if t.mode != "full":
+    return [pipeline.steps_per_epoch(source, t.batch_size)] * horizon
+  return [len(_full_plan(config, shapes, e)) for e in range(horizon)]
+
+
+def _full_plan(config: ml_collections.ConfigDict, shapes: np.ndarray, epoch: int) -> list:
+  t = config.train
+  return pipeline.full_epoch_plan(shapes, batch_size=t.batch_size, seed=t.seed, epoch=epoch,
+                                  short_range=tuple(t.full_short_range), bucket=t.full_bucket)
 
 
 def make_mesh() -> Mesh:
@@ -126,18 +134,18 @@ def make_mesh() -> Mesh:
 class CompiledSteps:
   """The train step compiled ahead of time once per input shape, on first use.
 
-  ``steps[(h, w)]`` is the executable for (batch, h, w, 3) inputs; fixed-size modes compile
-  every size of their schedule up front (``precompile``), 'full' mode compiles each bucket
-  shape the first time a batch of that shape comes (``len(steps)`` is the compile count).
+  ``steps[(h, w)]`` is the executable for inputs of (h, w); fixed-size modes compile every
+  size of their schedule up front (``precompile``), 'full' mode compiles each bucket shape the
+  first time a batch of that shape comes (``len(steps)`` is the compile count).
+  ``make_step(shape)`` gives the step function for a shape and ``input_specs(shape)`` its
+  batch arguments (all split over the mesh's 'data' axis); the state comes first and the
+  dropout key last, both replicated.
   """
 
-  def __init__(self, train_step: Callable, state: TrainState, batch_size: int, mesh: Mesh, padded: bool = False):
-    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    inputs = (data, data, data) if padded else (data, data)
-    self._jitted = jax.jit(train_step, in_shardings=(replicated, *inputs, replicated, replicated),
-                           out_shardings=(replicated, replicated), donate_argnums=0)
+  def __init__(self, make_step: Callable, input_specs: Callable, state: TrainState, mesh: Mesh):
+    self._replicated, self._data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    self._make_step, self._input_specs = make_step, input_specs
     self._state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-    self._batch_size, self._padded = batch_size, padded
     self._compiled: dict[tuple[int, int], Callable] = {}
 
   def __len__(self) -> int:
@@ -146,13 +154,12 @@ class CompiledSteps:
   def __getitem__(self, shape: tuple[int, int]) -> Callable:
     shape = (int(shape[0]), int(shape[1]))
     if shape not in self._compiled:
-      b = self._batch_size
-      images = jax.ShapeDtypeStruct((b, *shape, 3), jnp.float32)
-      labels = jax.ShapeDtypeStruct((b,), jnp.int32)
-      extra = (jax.ShapeDtypeStruct((b, 2), jnp.int32),) if self._padded else ()
-      scalar = jax.ShapeDtypeStruct((), jnp.float32)
+      inputs = self._input_specs(shape)
+      jitted = jax.jit(self._make_step(shape), in_shardings=(self._replicated, *[self._data] * len(inputs),
+                                                              self._replicated),
+                       out_shardings=(self._replicated, self._replicated), donate_argnums=0)
       key = jax.eval_shape(lambda: jax.random.key(0))
-      self._compiled[shape] = self._jitted.lower(self._state, images, *extra, labels, scalar, key).compile()
+      self._compiled[shape] = jitted.lower(self._state, *inputs, key).compile()
     return self._compiled[shape]
 
   def precompile(self, sizes: list[int]) -> "CompiledSteps":
@@ -161,21 +168,68 @@ class CompiledSteps:
     return self
 
 
+def _spec(shape, dtype) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(tuple(int(x) for x in shape), dtype)
+
+
+def compiled_steps(config: ml_collections.ConfigDict, model: nn.Module, tx, state: TrainState, mesh: Mesh,
+                   mean) -> tuple[CompiledSteps, tuple[str, ...]]:
+  """The run's compiled steps and the batch keys they take, in argument order.
+
+  Host augmentation: float32 inputs of each shape (with ``valid_hw`` in 'full' mode). Device
+  augmentation (``data.device_augment``, fixed-size modes): uint8 crops at the crop size with
+  ``flip`` and ``alpha``, finished on the device at each input size
+  (:func:`device_augment.finish_batch`) inside the same compiled step.
+  """
+  b, crop = config.train.batch_size, config.data.crop_size
+  padded = config.train.mode == "full"
+  step = make_train_step(model, tx, padded)
+  if padded:
+    specs = lambda hw: (_spec((b, *hw, 3), jnp.float32), _spec((b, 2), jnp.int32), _spec((b,), jnp.int32))
+    return CompiledSteps(lambda hw: step, specs, state, mesh), ("image", "valid_hw", "label")
+  if not uses_device_augment(config):
+    specs = lambda hw: (_spec((b, *hw, 3), jnp.float32), _spec((b,), jnp.int32))
+    return CompiledSteps(lambda hw: step, specs, state, mesh), ("image", "label")
+
+  def make_step(hw):
+    size, m = hw[0], device_augment.device_mean(mean, hw[0])
+
+    def train_step_augmented_on_device(state, images, flip, alpha, labels, key):
+      return step(state, device_augment.finish_batch(images, flip, alpha, m, size), labels, key)
+
+    return train_step_augmented_on_device
+
+  specs = lambda hw: (_spec((b, crop, crop, 3), jnp.uint8), _spec((b,), jnp.bool_), _spec((b, 3), jnp.float32),
+                      _spec((b,), jnp.int32))
+  return CompiledSteps(make_step, specs, state, mesh), ("image", "flip", "alpha", "label")
+
+
+def uses_device_augment(config: ml_collections.ConfigDict) -> bool:
+  """Whether flip, colour noise, resize and normalisation run on the device ('full' mode: on the host)."""
+  return bool(config.data.get("device_augment", False)) and config.train.mode != "full"
+
+
 def global_batch(batch: dict, mesh: Mesh, names: tuple[str, ...] = ("image", "label")) -> tuple[Array, ...]:
-  """Places this process's slice of a host batch on the mesh (every process builds the same global batch)."""
+  """The global batch on the mesh from this process's part of it (its rows, in process order;
+  see ``pipeline.train_batches(shard=...)``)."""
   sharding = NamedSharding(mesh, P("data"))
-  n, i = jax.process_count(), jax.process_index()
-  arrays = []
-  for name in names:
-    x = np.asarray(batch[name])
-    local = x.shape[0] // n
-    arrays.append(jax.make_array_from_process_local_data(sharding, x[i * local:(i + 1) * local], x.shape))
-  return tuple(arrays)
+  n = jax.process_count()
+  return tuple(jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * n, *x.shape[1:]))
+               for x in (np.asarray(batch[name]) for name in names))
+
+
+def shard_of_this_process() -> tuple[int, int]:
+  return jax.process_index(), jax.process_count()
 
 
 class _Preemption:
   """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks after every step:
-  the run saves its state and stops cleanly. A second Ctrl-C aborts at once."""
+  the run saves its state and stops cleanly. A second Ctrl-C aborts at once.
+
+  With several JAX processes, :meth:`agreed` is a cross-process agreement: every process
+  calls it after the same step, and it is true on all of them when any one received the
+  signal, so all save the same step and stop together. One process needs no agreement.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -202,21 +256,33 @@ class _Preemption:
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
 
+  def agreed(self) -> bool:
+    """Whether any process has been asked to stop (a collective call with several processes)."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    self.requested = bool(np.any(flags))
+    return self.requested
+
 
 def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) -> np.ndarray | str:
   """The input normalisation of ``config.data.normalize``: the mean image at the crop size
-  ('mean_image', estimated once and kept in the workdir) or ``augment.PER_IMAGE``."""
+  ('mean_image', estimated once and kept in the workdir) or ``'per_image'``."""
   path = workdir / "mean.npy"
   if config.data.get("normalize", "mean_image") != "mean_image" or path.exists() or source is None:
     return workdir_lib.load_mean_file(config, workdir)
   mean = pipeline.estimate_mean_image(source, n=config.data.mean_samples, crop_size=config.data.crop_size,
-                                      short_side=config.data.short_side)
-  np.save(path, mean.astype(np.float32))
+                                      short_side=config.data.short_side, worker_count=worker_count(config))
+  if _is_primary():  # written whole, then renamed: another process never reads half a file
+    partial = path.with_name(f"mean.{os.getpid()}.npy")
+    np.save(partial, mean.astype(np.float32))
+    partial.replace(path)
   return mean
 
 
-# Fields a workdir's config may differ in without refusal: logging, and what evaluation reads.
-IGNORED_FIELDS = workdir_lib.LOGGING_FIELDS + ("eval", "paper")
+# Fields a workdir's config may differ in without refusal: logging, how the input is read, and
+# what evaluation reads.
+IGNORED_FIELDS = workdir_lib.LOGGING_FIELDS + ("data.worker_count", "data.prefetch", "eval", "paper")
 
 
 def _extend_hint(changed: list[str]) -> str:
@@ -246,6 +312,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   ``workdir`` continue under a longer schedule (see :func:`check_workdir_config`).
   Returns the final evaluation (also in ``workdir/eval.json``), or ``{'preempted': True, ...}``
   when SIGTERM or Ctrl-C stopped the run after saving.
+
+  With several JAX processes (``jax.distributed.initialize``), every process calls this with
+  the same config and workdir (a shared file system): each reads and decodes only its part of
+  every global batch, a signal on any process stops all of them at the same saved step, and
+  process 0 writes the workdir's files other than checkpoints.
   """
   with _Preemption() as preemption:  # installed first: a signal during set-up still stops cleanly
     return _run(config, pathlib.Path(workdir), preemption, extend)
@@ -255,28 +326,124 @@ def _scalars(metrics: dict) -> dict:
   return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """Where a run stands; saved with every checkpoint.
+
+  ``epoch``: the epoch being trained (``num_epochs`` when done); ``step``: steps of it done, so
+  its data resumes at global batch ``step``; ``global_step``: steps since the start;
+  ``pending_eval``: the previous epoch was saved before its validation ran.
+  """
+  epoch: int = 0
+  step: int = 0
+  global_step: int = 0
+  pending_eval: bool = False
+
+  @classmethod
+  def from_record(cls, record: dict) -> "Progress":
+    """From a checkpoint's JSON (older records also hold plateau fields, now in the optimizer state)."""
+    return cls(**{f.name: type(f.default)(record[f.name]) for f in dataclasses.fields(cls) if f.name in record})
+
+  def record(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def worker_count(config: ml_collections.ConfigDict) -> int:
+  """``data.worker_count``, or when None the cores available less one (``pipeline.default_worker_count``)."""
+  n = config.data.get("worker_count")
+  return pipeline.default_worker_count() if n is None else int(n)
+
+
 class _Epoch:
-  """One epoch's batches, their number, and how each batch reaches its compiled step."""
+  """One epoch's batches (this process's rows of each) and their number."""
 
   def __init__(self, config, source, mean, epoch: int, size: int, start_step: int, shapes: np.ndarray | None):
     t, d = config.train, config.data
+    reading = dict(worker_count=worker_count(config), prefetch=d.get("prefetch", 2), shard=shard_of_this_process())
     if t.mode == "full":
-      plan = pipeline.full_epoch_plan(shapes, batch_size=t.batch_size, seed=t.seed, epoch=epoch,
-                                      short_range=tuple(t.full_short_range), bucket=t.full_bucket)
+      plan = _full_plan(config, shapes, epoch)
       self.num_steps = len(plan)
       self.batches = pipeline.full_train_batches(source, plan, seed=t.seed, epoch=epoch, pca_std=d.pca_std, mean=mean,
-                                                 start_step=start_step)
-      self.names = ("image", "valid_hw", "label")
+                                                 start_step=start_step, **reading)
     else:
       self.num_steps = pipeline.steps_per_epoch(source, t.batch_size)
       self.batches = pipeline.train_batches(
           source, batch_size=t.batch_size, seed=t.seed, epoch=epoch, crop_size=d.crop_size,
           resize_to=None if size == d.crop_size else size, short_side=d.short_side, positions=d.positions,
-          pca_std=d.pca_std, mean=mean, start_step=start_step)
-      self.names = ("image", "label")
+          pca_std=d.pca_std, mean=mean, start_step=start_step, on_device=uses_device_augment(config), **reading)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption, extend: bool) -> dict:
+@dataclasses.dataclass
+class _Run:
+  """What every part of a run shares, fixed once it is set up."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  model: models.SPPNet
+  train_source: Any
+  eval_source: Any
+  curve_source: Any
+  mean: Any
+  shapes: np.ndarray | None
+  sizes: list[int]
+  mesh: Mesh
+  steps: CompiledSteps
+  names: tuple[str, ...]
+  manager: Any
+  writer: Any
+  base_key: Array
+  preemption: _Preemption
+  observe: Callable  # (opt_state, validation error) -> opt_state: the plateau rule, compiled once
+
+
+class _NoWriter:
+  """The metric writer of processes other than 0: they compute the same values and write none."""
+
+  def write(self, step: int, scalars: dict) -> None:
+    del step, scalars
+
+  def close(self) -> None:
+    pass
+
+
+def _barrier(name: str, timeout_s: int = 900) -> None:
+  """Waits until every process is here (through the coordination service, not a collective).
+
+  The CPU collectives (gloo) give a process 30 s to join the first collective of a device
+  group; a process that compiles or reads more slowly would fail it, so the processes meet
+  here before the first collectives (the checkpoint manager's, the first step's).
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the client jax.distributed.initialize made
+  client = distributed.global_state.client
+  if client is not None:
+    _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # a barrier's name is used once per job
+    client.wait_at_barrier(f"sppnet:{name}:{_BARRIERS[name]}", timeout_s * 1000)
+
+
+_BARRIERS: dict[str, int] = {}
+
+
+def _is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def _local(tree):
+  """A host copy of a replicated pytree (on any process, also when the arrays span processes)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+def _replicated(tree, mesh: Mesh):
+  """A pytree of host or single-device arrays, equal on every process, replicated over the mesh."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda index, x=np.asarray(x): x[index]), tree)
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption,
+            extend: bool) -> tuple[_Run, TrainState, Progress]:
   t, d = config.train, config.data
   # Everything that can be refused is checked before anything is written.
   sizes = size_schedule(config)
@@ -290,135 +457,170 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _
   eval_source = config_source(d, "eval", **({"class_names": class_names} if class_names else {}))
   num_classes = sources.num_classes(d.name, train_split=d.train_split, holdout_fraction=d.get("holdout_fraction"))
   model = build_model(config, num_classes)
-  tx = make_optimizer(config)
-  learning_rate(config, 0, 0)
   mesh = make_mesh()
   if t.batch_size % mesh.size:
     raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the {mesh.size} devices.")
   if pipeline.steps_per_epoch(train_source, t.batch_size) < 1:
     raise ValueError(f"the training split has fewer than batch_size={t.batch_size} examples.")
   shapes = pipeline.image_shapes(train_source) if padded else None
-  if padded and not pipeline.full_epoch_plan(shapes, batch_size=t.batch_size, seed=t.seed, epoch=0,
-                                             short_range=tuple(t.full_short_range), bucket=t.full_bucket):
+  if padded and not _full_plan(config, shapes, 0):
     raise ValueError(f"train.mode='full': no shape bucket of {t.full_bucket} px fills a batch of {t.batch_size} in an "
                      "epoch, so there is nothing to train on; raise train.full_bucket, narrow "
                      "train.full_short_range or lower train.batch_size.")
+  tx = make_optimizer(config, epoch_steps(config, train_source, shapes))
   check_workdir_config(config, workdir, extend)
 
-  workdir_lib.write_config(config, workdir, ignore=_ignored_fields(extend))
-  if class_names:
-    sources.save_class_names(workdir, class_names)
+  if _is_primary():
+    workdir_lib.write_config(config, workdir, ignore=_ignored_fields(extend))
+    if class_names:
+      sources.save_class_names(workdir, class_names)
   mean = load_mean(config, train_source, workdir)
   state = init_state(model, tx, d.crop_size, t.seed)
+  _barrier("checkpoints")
   manager = checkpoint_manager(workdir, t.keep_checkpoints)
-  progress = {"epoch": 0, "step": 0, "global_step": 0, "plateau_drops": 0, "best_error": None, "bad_epochs": 0,
-              "pending_eval": False}
+  progress = Progress()
   if manager.latest_step() is not None:
     state, restored = restore_checkpoint(manager, state)
-    progress.update(restored)
-    logging.info("resumed from %s at epoch %d, step %d", workdir, progress["epoch"], progress["step"])
-  writer = MetricWriter(workdir, drop_after_step=progress["global_step"])
-
+    progress = Progress.from_record(restored)
+    logging.info("resumed from %s at epoch %d, step %d", workdir, progress.epoch, progress.step)
+  writer = MetricWriter(workdir, drop_after_step=progress.global_step) if _is_primary() else _NoWriter()
   curve_source = evaluate.first_examples(eval_source, config.eval.get("curve_examples") or len(eval_source))
 
-  def validate():
-    manager.wait_until_finished()  # the epoch's checkpoint is complete before anything can fail
-    val = evaluate.evaluate_params(model, state.params, curve_source, view="crop", config=config, mean=mean)
-    writer.write(progress["global_step"], {f"val/{k}": v for k, v in _scalars(val).items()} |
-                 {"epoch": progress["epoch"]})
-    _update_plateau(config, progress, val["top1_error"])
-    progress["pending_eval"] = False
-
-  def skipped() -> dict:  # images that failed to decode and were stood in for (data.on_bad_image='skip')
-    return {"data/skipped_images": train_source.num_skipped()} if hasattr(train_source, "num_skipped") else {}
-
-  def stop() -> dict:
-    manager.wait_until_finished()
-    writer.close()
-    logging.warning("stop requested: saved step %d to %s.", progress["global_step"], workdir)
-    return {"preempted": True, "global_step": progress["global_step"]}
-
   replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)
-  steps = CompiledSteps(make_train_step(model, tx, padded), state, t.batch_size, mesh, padded)
+  state = _replicated(state, mesh)
+  steps, names = compiled_steps(config, model, tx, state, mesh, mean)
   if not padded:
-    steps.precompile(sizes[progress["epoch"]:] or sizes[-1:])
-  base_key = jax.device_put(jax.random.key(t.seed), replicated)
-  if progress["pending_eval"]:  # the last run saved an epoch and stopped before its validation
-    validate()
+    steps.precompile(sizes[progress.epoch:] or sizes[-1:])
+  _barrier("compiled")
+  run = _Run(config, workdir, model, train_source, eval_source, curve_source, mean, shapes, sizes, mesh, steps,
+             names, manager, writer, jax.jit(lambda: jax.random.key(t.seed), out_shardings=replicated)(), preemption,
+             jax.jit(lambda opt_state, error: state_lib.observe_validation(config, opt_state, error)))
+  return run, state, progress
 
-  try:
-    with tqdm.tqdm(total=t.num_epochs, initial=progress["epoch"], unit="epoch", disable=not t.progress_bar,
-                   dynamic_ncols=True) as bar:
-      while progress["epoch"] < t.num_epochs:
-        epoch, size = progress["epoch"], sizes[progress["epoch"]]
-        lr = jnp.float32(learning_rate(config, epoch, progress["plateau_drops"]))
-        data = _Epoch(config, train_source, mean, epoch, size, progress["step"], shapes)
-        finite, window_start, tick = jnp.bool_(True), progress["global_step"], time.perf_counter()
-        for batch in data.batches:
-          inputs = global_batch(batch, mesh, data.names)
-          state, metrics = steps[inputs[0].shape[1:3]](state, *inputs, lr, base_key)
-          finite = finite & metrics["finite"]
-          progress["step"] += 1
-          progress["global_step"] += 1
-          at_end = progress["step"] == data.num_steps
-          if progress["global_step"] % t.log_every_steps == 0 or at_end or preemption.requested:
-            if not bool(finite):
-              manager.wait_until_finished()  # a save still in flight is the last good checkpoint
-              last = manager.latest_step()
-              saved = (f"The last good checkpoint in {workdir / 'checkpoints'} is step {last}; rerun to resume from it."
-                       if last is not None else "No checkpoint was saved yet, so the workdir takes a changed config.")
-              raise NonFiniteError(
-                  f"non-finite loss or gradient between global steps {window_start} and {progress['global_step']} "
-                  f"(epoch {epoch}, input {tuple(inputs[0].shape[1:3])}, lr {float(lr):g}); the update was skipped. "
-                  f"{saved} Lower train.learning_rate or check the input data.")
-            elapsed = time.perf_counter() - tick
-            images_per_s = (progress["global_step"] - window_start) * t.batch_size / max(elapsed, 1e-9)
-            h, w = inputs[0].shape[1:3]
-            writer.write(progress["global_step"], {
-                "train/loss": float(metrics["loss"]), "train/top1_error": float(metrics["top1_error"]),
-                "train/grad_norm": float(metrics["grad_norm"]), "train/lr": float(lr), "train/input_h": h,
-                "train/input_w": w, "train/images_per_s": images_per_s, "train/compiled_shapes": len(steps),
-                "epoch": epoch + progress["step"] / max(data.num_steps, 1)} | skipped())
-            bar.set_postfix(step=progress["global_step"], input=f"{h}x{w}", loss=f"{float(metrics['loss']):.3f}",
-                            img_s=f"{images_per_s:.0f}")
-            window_start, tick, finite = progress["global_step"], time.perf_counter(), jnp.bool_(True)
-          if at_end:
-            break
-          if progress["global_step"] % t.checkpoint_every_steps == 0 or preemption.requested:
-            save_checkpoint(manager, state, progress)
-          if preemption.requested:
-            return stop()
 
-        # An epoch that is validated is saved first, so a failing evaluation never loses it;
-        # other epoch ends are saved only on the checkpoint interval (resuming mid-epoch replays
-        # the same batches).
-        due = (epoch + 1) % t.get("eval_every_epochs", 1) == 0 or epoch + 1 == len(sizes)
-        progress.update(epoch=epoch + 1, step=0, pending_eval=due)
-        if due or preemption.requested or progress["global_step"] % t.checkpoint_every_steps == 0:
-          save_checkpoint(manager, state, progress)
-        bar.update(1)
-        if preemption.requested:
-          return stop()
-        if due:
-          validate()
+def _validate(run: _Run, state: TrainState, progress: Progress) -> tuple[TrainState, Progress]:
+  """The crop-view validation error on the curve examples, logged and shown to the plateau rule."""
+  run.manager.wait_until_finished()  # the epoch's checkpoint is complete before anything can fail
+  with pipeline.eval_workers(worker_count(run.config)):
+    val = evaluate.evaluate_params(run.model, _local(state.params), run.curve_source, view="crop",
+                                   config=run.config, mean=run.mean)
+  run.writer.write(progress.global_step, {f"val/{k}": v for k, v in _scalars(val).items()} | {"epoch": progress.epoch})
+  opt_state = run.observe(_local(state.opt_state), np.float32(val["top1_error"]))
+  opt_state = _replicated(opt_state, run.mesh)
+  return state.replace(opt_state=opt_state), dataclasses.replace(progress, pending_eval=False)
 
-  finally:  # a save still in flight completes even when an error stops the run
-    manager.wait_until_finished()
-  results = evaluate.evaluate_run(model, state.params, eval_source, config=config, mean=mean, workdir=workdir)
-  writer.write(progress["global_step"], {f"final/{v}/{k}": x for v, r in results.items() if v != "sweep"
-                                         for k, x in _scalars(r).items()})
-  writer.close()
+
+def _stop(run: _Run, progress: Progress) -> dict:
+  run.manager.wait_until_finished()
+  run.writer.close()
+  logging.warning("stop requested: saved step %d to %s.", progress.global_step, run.workdir)
+  return {"preempted": True, "global_step": progress.global_step}
+
+
+def _non_finite(run: _Run, window: tuple[int, int], epoch: int, shape, lr: float) -> NonFiniteError:
+  run.manager.wait_until_finished()  # a save still in flight is the last good checkpoint
+  last = run.manager.latest_step()
+  saved = (f"The last good checkpoint in {run.workdir / 'checkpoints'} is step {last}; rerun to resume from it."
+           if last is not None else "No checkpoint was saved yet, so the workdir takes a changed config.")
+  return NonFiniteError(
+      f"non-finite loss or gradient between global steps {window[0]} and {window[1]} (epoch {epoch}, input "
+      f"{tuple(shape)}, lr {lr:g}); the update was skipped. {saved} Lower train.learning_rate or check the input data.")
+
+
+def _train_epoch(run: _Run, state: TrainState, progress: Progress, bar) -> tuple[TrainState, Progress, bool, bool]:
+  """Trains the rest of ``progress.epoch``; (state, progress, stop, finished). ``stop``: the
+  processes agreed to stop after the last step; when not ``finished`` (inside the epoch) that
+  step is saved, at the epoch's end :func:`_end_epoch` saves it."""
+  t = run.config.train
+  epoch = progress.epoch
+  data = _Epoch(run.config, run.train_source, run.mean, epoch, run.sizes[epoch], progress.step, run.shapes)
+  skipped = ((lambda: {"data/skipped_images": run.train_source.num_skipped()})
+             if hasattr(run.train_source, "num_skipped") else dict)
+  finite, window_start, tick = jnp.bool_(True), progress.global_step, time.perf_counter()
+  device = uses_device_augment(run.config)
+  for batch in data.batches:
+    inputs = global_batch(batch, run.mesh, run.names)
+    hw = (run.sizes[epoch],) * 2 if device else inputs[0].shape[1:3]
+    state, metrics = run.steps[hw](state, *inputs, run.base_key)
+    finite = finite & metrics["finite"]
+    progress = dataclasses.replace(progress, step=progress.step + 1, global_step=progress.global_step + 1)
+    at_end = progress.step == data.num_steps
+    stop = run.preemption.agreed()
+    if progress.global_step % t.log_every_steps == 0 or at_end or stop:
+      h, w = hw
+      if not bool(finite):
+        raise _non_finite(run, (window_start, progress.global_step), epoch, (h, w), float(metrics["lr"]))
+      elapsed = time.perf_counter() - tick
+      images_per_s = (progress.global_step - window_start) * t.batch_size / max(elapsed, 1e-9)
+      run.writer.write(progress.global_step, {
+          "train/loss": float(metrics["loss"]), "train/top1_error": float(metrics["top1_error"]),
+          "train/grad_norm": float(metrics["grad_norm"]), "train/lr": float(metrics["lr"]), "train/input_h": h,
+          "train/input_w": w, "train/images_per_s": images_per_s, "train/compiled_shapes": len(run.steps),
+          "epoch": epoch + progress.step / max(data.num_steps, 1)} | skipped())
+      bar.set_postfix(step=progress.global_step, input=f"{h}x{w}", loss=f"{float(metrics['loss']):.3f}",
+                      img_s=f"{images_per_s:.0f}")
+      window_start, tick, finite = progress.global_step, time.perf_counter(), jnp.bool_(True)
+    if at_end:
+      return state, progress, stop, True
+    if progress.global_step % t.checkpoint_every_steps == 0 or stop:
+      save_checkpoint(run.manager, state, progress.record())
+    if stop:
+      return state, progress, True, False
+  return state, progress, False, True
+
+
+def _end_epoch(run: _Run, state: TrainState, progress: Progress, stop: bool) -> tuple[Progress, bool]:
+  """Moves ``progress`` past a finished epoch and saves it when due; (progress, validate now).
+
+  An epoch that is validated is saved first, so a failing evaluation never loses it; other
+  epoch ends are saved only on the checkpoint interval or a stop (resuming mid-epoch replays
+  the same batches).
+  """
+  t = run.config.train
+  due = (progress.epoch + 1) % t.get("eval_every_epochs", 1) == 0 or progress.epoch + 1 == len(run.sizes)
+  progress = dataclasses.replace(progress, epoch=progress.epoch + 1, step=0, pending_eval=due)
+  if due or stop or progress.global_step % t.checkpoint_every_steps == 0:
+    save_checkpoint(run.manager, state, progress.record())
+  return progress, due
+
+
+def _final_evaluation(run: _Run, state: TrainState, progress: Progress) -> dict:
+  params = _local(state.params)
+  with pipeline.eval_workers(worker_count(run.config)):
+    return _evaluate_and_close(run, params, progress)
+
+
+def _evaluate_and_close(run: _Run, params, progress: Progress) -> dict:
+  if _is_primary():
+    results = evaluate.evaluate_run(run.model, params, run.eval_source, config=run.config, mean=run.mean,
+                                    workdir=run.workdir)
+  else:  # the same numbers; process 0 writes them
+    results = {v: evaluate.evaluate_params(run.model, params, run.eval_source, view=v, config=run.config,
+                                           mean=run.mean) for v in run.config.eval.views}
+  run.writer.write(progress.global_step, {f"final/{v}/{k}": x for v, r in results.items() if v != "sweep"
+                                          for k, x in _scalars(r).items()})
+  run.writer.close()
   return results
 
 
-def _update_plateau(config: ml_collections.ConfigDict, progress: dict, error: float) -> None:
-  """Divides the learning rate by 10 (up to ``max_lr_drops`` times) when the val error stops improving."""
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption, extend: bool) -> dict:
+  run, state, progress = _set_up(config, workdir, preemption, extend)
   t = config.train
-  best = progress["best_error"]
-  if best is None or error < best - t.plateau_min_delta:
-    progress.update(best_error=error, bad_epochs=0)
-    return
-  progress["bad_epochs"] += 1
-  if t.lr_schedule == "plateau" and progress["bad_epochs"] >= t.plateau_patience and progress["plateau_drops"] < t.max_lr_drops:
-    progress.update(plateau_drops=progress["plateau_drops"] + 1, bad_epochs=0)
+  if progress.pending_eval:  # the last run saved an epoch and stopped before its validation
+    state, progress = _validate(run, state, progress)
+  try:
+    with tqdm.tqdm(total=t.num_epochs, initial=progress.epoch, unit="epoch",
+                   disable=not t.progress_bar or not _is_primary(), dynamic_ncols=True) as bar:
+      while progress.epoch < t.num_epochs:
+        state, progress, stop, finished = _train_epoch(run, state, progress, bar)
+        if not finished:  # stopped inside the epoch, saved
+          return _stop(run, progress)
+        progress, due = _end_epoch(run, state, progress, stop)
+        bar.update(1)
+        if stop:
+          return _stop(run, progress)
+        if due:
+          state, progress = _validate(run, state, progress)
+  finally:  # a save still in flight completes even when an error stops the run
+    run.manager.wait_until_finished()
+  return _final_evaluation(run, state, progress)

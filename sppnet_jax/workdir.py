@@ -158,6 +158,9 @@ def load_run(workdir: str | os.PathLike):
   if manager.latest_step() is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint yet.")
   tx = state_lib.make_optimizer(config)
-  abstract = jax.eval_shape(lambda: state_lib.init_state(model, tx, d.crop_size, 0))
+  # On this process's first device, whatever devices and processes the run trained on.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(lambda: state_lib.init_state(model, tx, d.crop_size, 0)))
   restored, _ = restore_checkpoint(manager, abstract)
   return config, model, restored.params, load_mean_file(config, workdir)

@@ -62,8 +62,10 @@ def final_params(workdir):
   return jax.tree.map(np.asarray, params)
 
 
-def test_multi_size_trains_with_one_compile_per_size(tmp_path):
+@pytest.mark.parametrize("device_augment", [False, True])
+def test_multi_size_trains_with_one_compile_per_size(tmp_path, device_augment):
   config = tiny_config("multi", epochs=4)
+  config.data.device_augment = device_augment  # True: uint8 crops in, resized to 52 inside the step
   with count_compiles() as compiles:
     results = train.train_and_evaluate(config, tmp_path)
   steps = {name: n for name, n in compiles.items() if "train_step" in name}
@@ -88,17 +90,6 @@ def test_size_schedules():
     train.size_schedule(c)
 
 
-def test_learning_rate_schedules():
-  c = configs.synthetic("single")  # Adam 3e-4, divided by 10 from epoch 5 and again from 8
-  assert [train.learning_rate(c, e, 0) for e in (0, 4, 5, 7, 8, 11)] == pytest.approx(
-      [3e-4, 3e-4, 3e-5, 3e-5, 3e-6, 3e-6])
-  c.train.lr_schedule = "plateau"
-  with pytest.raises(ValueError, match="eval_every_epochs=1"):
-    train.learning_rate(c, 0, 0)  # the synthetic configs validate every 2 epochs
-  c.train.eval_every_epochs = 1
-  assert train.learning_rate(c, 5, 2) == pytest.approx(3e-6)
-
-
 def test_full_mode_compiles_once_per_bucket_shape(tmp_path):
   config = tiny_config("full", epochs=3)
   with count_compiles() as compiles:
@@ -112,15 +103,16 @@ def test_full_mode_compiles_once_per_bucket_shape(tmp_path):
   assert steps == len(shapes), (compiles, shapes)  # one compile per bucket shape for the whole run
 
 
-@pytest.mark.parametrize("mode", ["multi", "full"])
-def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path, mode):
+@pytest.mark.parametrize("mode,workers", [("multi", 0), ("full", 0), pytest.param("multi", 1, marks=pytest.mark.slow)])
+def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path, mode, workers):
   config_file = write_config_file(tmp_path / "tiny.py", mode, epochs=3, ckpt=1)
   reference = tmp_path / "reference"
   assert run_cli(["train", f"--config={config_file}", f"--workdir={reference}"]).wait(300) == 0
+  reading = [f"--config.data.worker_count={workers}"]  # the reference read in-process
 
   interrupted = tmp_path / "interrupted"
   kill_at = int(np.random.default_rng().integers(2, 10))
-  proc = run_cli(["train", f"--config={config_file}", f"--workdir={interrupted}"])
+  proc = run_cli(["train", f"--config={config_file}", f"--workdir={interrupted}", *reading])
   deadline = time.time() + 300
   while time.time() < deadline:
     steps = [r["step"] for r in read_metrics(interrupted)] if (interrupted / "metrics.jsonl").exists() else []
@@ -129,7 +121,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path, mode):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert run_cli(["train", f"--config={config_file}", f"--workdir={interrupted}"]).wait(300) == 0
+  assert run_cli(["train", f"--config={config_file}", f"--workdir={interrupted}", *reading]).wait(300) == 0
 
   for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(interrupted))):
     np.testing.assert_array_equal(a, b)

@@ -7,6 +7,15 @@ augmentation of source example ``i`` draws from
 start_step)`` therefore yields exactly the batches an uninterrupted run would,
 whatever ``worker_count`` is.
 
+Per-process sharding: with ``shard=(i, n)`` (JAX process ``i`` of ``n``) a pipeline yields
+only process ``i``'s rows of every global batch, rows ``[i*B/n, (i+1)*B/n)``, and reads and
+decodes only those examples; stacking the processes' parts in process order gives exactly
+the global batch of ``shard=(0, 1)``.
+
+Parallel input: ``worker_count > 0`` runs the per-example work in that many grain worker
+processes, with ``prefetch`` batches read ahead per worker; 0 reads in this process with
+threads. The batches are identical either way.
+
 Evaluation batches always have the full batch size: the last partial batch is
 padded with zero rows whose ``mask`` is False (so a jitted step never sees a
 new shape). Every eval batch also carries ``index`` (int32, the source index,
@@ -18,18 +27,21 @@ without it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from sppnet_jax.data import augment
+from sppnet_jax.data import augment, device_augment
 
 __all__ = [
   'steps_per_epoch', 'epoch_shuffle_seed', 'train_batches', 'eval_batches',
   'estimate_mean_image', 'bucket_shape', 'image_shapes', 'FullBatchPlan', 'full_epoch_plan',
-  'full_train_batches',
+  'full_train_batches', 'default_worker_count', 'check_shard', 'eval_workers',
 ]
 
 Batch = dict[str, np.ndarray]
@@ -47,6 +59,41 @@ def _check_seed(name: str, value: int) -> int:
   if not isinstance(value, (int, np.integer)) or value < 0:
     raise ValueError(f'{name} must be a non-negative integer, got {value!r}')
   return int(value)
+
+
+def default_worker_count(cores: int | None = None) -> int:
+  """grain worker processes for a host with ``cores`` cores available to this process (default:
+  its CPU affinity): one core stays with the training process, the rest decode."""
+  if cores is None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+  return max(int(cores) - 1, 0)
+
+
+def check_shard(shard: tuple[int, int], batch_size: int) -> tuple[int, int]:
+  """``(index, count)`` validated: ``0 <= index < count`` and ``count`` divides ``batch_size``."""
+  index, count = (int(x) for x in shard)
+  if not 0 <= index < count:
+    raise ValueError(f'shard must be (index, count) with 0 <= index < count, got {shard}')
+  if batch_size % count:
+    raise ValueError(f'batch_size={batch_size} must be a multiple of the {count} processes')
+  return index, count
+
+
+def _iterate(ds, *, worker_count: int, prefetch: int, rows_per_item: int):
+  """An iterator over a grain MapDataset: in this process (two threads) or in worker processes."""
+  grain = _grain()
+  if worker_count < 0:
+    raise ValueError(f'worker_count must be >= 0, got {worker_count}')
+  if prefetch < 1:
+    raise ValueError(f'prefetch must be >= 1, got {prefetch}')
+  if worker_count > 0:
+    _mark_absl_flags_parsed()
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count),
+                                                     per_worker_buffer_size=int(prefetch)))
+  else:
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch * rows_per_item))
+  return iter(it)
 
 
 def steps_per_epoch(source: Sequence[Any], batch_size: int) -> int:
@@ -73,9 +120,15 @@ class _TrainTransform:
   resize_to: int | None
   pca_std: float
   mean: Any
+  on_device: bool = False
 
   def __call__(self, index: int, example: dict[str, Any]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+    if self.on_device:
+      image, flip, alpha = device_augment.draws(example['image'], rng, crop_size=self.crop_size,
+                                                short_side=self.short_side, positions=self.positions,
+                                                pca_std=self.pca_std)
+      return {'image': image, 'flip': np.bool_(flip), 'alpha': alpha, 'label': np.int32(example['label'])}
     image = augment.train_example(
       example['image'], rng, crop_size=self.crop_size, short_side=self.short_side,
       positions=self.positions, resize_to=self.resize_to, pca_std=self.pca_std,
@@ -97,7 +150,8 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
                   crop_size: int = 224, resize_to: int | None = None, short_side: int = 256,
                   positions: augment.Positions = 'five', pca_std: float = 0.1,
                   mean: np.ndarray | float | None = None, start_step: int = 0,
-                  worker_count: int = 0) -> Iterator[Batch]:
+                  worker_count: int = 0, prefetch: int = 2, shard: tuple[int, int] = (0, 1),
+                  on_device: bool = False) -> Iterator[Batch]:
   """One epoch of augmented training batches ``{'image': float32 (B, S, S, 3), 'label': int32 (B,)}``.
 
   Args:
@@ -112,8 +166,16 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
     start_step: first batch to produce (to resume mid-epoch), 0..steps_per_epoch.
     worker_count: 0 reads in this process with a few threads; > 0 uses that
       many grain worker processes. The batches are identical either way.
+    prefetch: batches read ahead (per worker).
+    shard: (process index, process count): yield this process's B/count rows of every
+      batch, reading only those examples.
+    on_device: the host stops at the crop: ``image`` is the uint8 crop (B, crop_size,
+      crop_size, 3), with ``flip`` bool (B,) and ``alpha`` float32 (B, 3) drawn as the host
+      transform draws them; ``device_augment.finish_batch`` does the rest (``resize_to``
+      and ``mean`` are then the device's business).
   """
   grain = _grain()
+  index, count = check_shard(shard, batch_size)
   seed, epoch = _check_seed('seed', seed), _check_seed('epoch', epoch)
   n_steps = steps_per_epoch(source, batch_size)
   if not 0 <= start_step <= n_steps:
@@ -124,19 +186,15 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
   out_size = crop_size if resize_to is None else int(resize_to)
   out_mean = None if mean is None else augment.mean_for_size(mean, out_size, out_size)
   transform = _TrainTransform(seed, epoch, crop_size, short_side, positions, resize_to,
-                              pca_std, out_mean)
+                              pca_std, out_mean, bool(on_device))
   ds = (grain.MapDataset.source(source)
         .map_with_index(transform)  # before the shuffle: the index is the source index
         .shuffle(seed=epoch_shuffle_seed(seed, epoch))
-        .batch(batch_size, drop_remainder=True))
-  ds = ds.slice(slice(start_step, None))
-  if worker_count > 0:
-    _mark_absl_flags_parsed()
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count)))
-  else:
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size))
-  return iter(it)
+        .batch(batch_size // count, drop_remainder=True))
+  # Local batch k of global step s is part s * count + index; the maps are lazy, so the other
+  # processes' examples are never read here.
+  ds = ds.slice(slice(start_step * count + index, n_steps * count, count))
+  return _iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=batch_size // count)
 
 
 def image_shapes(source: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -213,21 +271,28 @@ class _FullTrainTransform:
 
 def full_train_batches(source: Sequence[dict[str, Any]], plan: Sequence[FullBatchPlan], *, seed: int, epoch: int,
                        pca_std: float = 0.1, mean: np.ndarray | float | str | None = None,
-                       start_step: int = 0) -> Iterator[Batch]:
+                       start_step: int = 0, worker_count: int = 0, prefetch: int = 2,
+                       shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
   """The batches of a :func:`full_epoch_plan`, from ``start_step`` on:
   ``{'image': float32 (B, H, W, 3) zero-padded, 'valid_hw': int32 (B, 2), 'label': int32 (B,)}``.
 
   ``mean`` must not depend on the input size (a scalar, a (3,) mean or ``PER_IMAGE``): a mean
-  image is reduced to its per-channel mean.
+  image is reduced to its per-channel mean. ``worker_count``, ``prefetch`` and ``shard`` as in
+  :func:`train_batches`.
   """
   grain = _grain()
   if not 0 <= start_step <= len(plan):
     raise ValueError(f'start_step must be in [0, {len(plan)}], got {start_step}')
+  plan = list(plan[start_step:])
+  if plan:
+    index, count = check_shard(shard, len(plan[0].index))
+    rows = slice(index * len(plan[0].index) // count, (index + 1) * len(plan[0].index) // count)
+    plan = [FullBatchPlan(b.shape, b.index[rows], b.short_side[rows]) for b in plan]
   if mean is not None and not isinstance(mean, str) and np.ndim(mean) == 3:
     mean = np.asarray(mean, np.float32).reshape(-1, 3).mean(0)
   transform = _FullTrainTransform(source, seed, epoch, pca_std, mean)
-  ds = grain.MapDataset.source(list(plan[start_step:])).map(transform)
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+  ds = grain.MapDataset.source(plan).map(transform)
+  return _iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -271,9 +336,25 @@ def _pad_batch(rows: list[dict[str, np.ndarray]], batch_size: int,
   return batch
 
 
+_EVAL_WORKERS: contextvars.ContextVar[int] = contextvars.ContextVar('eval_workers', default=0)
+
+
+@contextlib.contextmanager
+def eval_workers(worker_count: int) -> Iterator[None]:
+  """Within the block, :func:`eval_batches` called without ``worker_count`` uses this many grain
+  worker processes (training sets it from ``data.worker_count`` around its evaluations)."""
+  if worker_count < 0:
+    raise ValueError(f'worker_count must be >= 0, got {worker_count}')
+  token = _EVAL_WORKERS.set(int(worker_count))
+  try:
+    yield
+  finally:
+    _EVAL_WORKERS.reset(token)
+
+
 def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndarray], np.ndarray],
                  batch_size: int, bucket: int | None = None, canvases: Sequence[tuple[int, int]] = (),
-                 num_threads: int = 2) -> Iterator[Batch]:
+                 num_threads: int = 2, worker_count: int | None = None) -> Iterator[Batch]:
   """Evaluation batches of one test view; every batch has exactly ``batch_size`` rows.
 
   ``prepare`` maps a uint8 image to the view's normalised float32 input (the views are
@@ -291,15 +372,22 @@ def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndar
   * ``canvases``: with ``bucket``, a fixed set of (H, W) batch shapes; an input goes to the
     smallest canvas that holds it (only inputs that fit none get their own bucket shape), so
     a compiled consumer sees no more shapes than there are canvases.
+
+  ``worker_count``: grain worker processes preparing the examples (None: the value of the
+  enclosing :func:`eval_workers` block, else 0: ``num_threads`` threads in this process).
+  The batches are the same either way.
   """
   grain = _grain()
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   if bucket is not None:
     bucket_shape(1, 1, bucket)  # validates bucket
+  workers = _EVAL_WORKERS.get() if worker_count is None else int(worker_count)
   ds = grain.MapDataset.source(source).map_with_index(_EvalTransform(prepare))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=2 * batch_size))
+  if workers > 0:
+    it = _iterate(ds, worker_count=workers, prefetch=2 * batch_size, rows_per_item=1)
+  else:
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
   if bucket is not None:
     return _bucketed(iter(it), batch_size, bucket, canvases)
   if canvases:
@@ -347,24 +435,39 @@ def _bucketed(rows: Iterator[dict[str, np.ndarray]], batch_size: int, bucket: in
       yield _pad_batch(open_buckets[key], batch_size, key + (3,))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _MeanCrop:
+  """One example's contribution to the mean image (picklable for grain workers)."""
+  source: Any
+  seed: int
+  crop_size: int
+  short_side: int
+
+  def __call__(self, index: int) -> np.ndarray:
+    ex_rng = np.random.default_rng([self.seed, 2, int(index)])
+    x = augment.train_crop(self.source[int(index)]['image'], ex_rng, crop_size=self.crop_size,
+                           short_side=self.short_side, positions='five')
+    return augment.random_flip(x, ex_rng)
+
+
 def estimate_mean_image(source: Sequence[dict[str, Any]], n: int, crop_size: int = 224,
-                        short_side: int = 256, seed: int = 0) -> np.ndarray:
+                        short_side: int = 256, seed: int = 0, worker_count: int = 0) -> np.ndarray:
   """Per-pixel mean (crop_size, crop_size, 3) float32 of ``n`` training crops.
 
   ``n`` examples are picked at random (without replacement, all of them if the
   source is smaller); each contributes one training crop (centre or a corner,
-  random flip, no colour noise), as the network sees them.
+  random flip, no colour noise), as the network sees them. ``worker_count`` grain
+  worker processes read them (0: this process); the sum runs in index order either way.
   """
   if n < 1:
     raise ValueError(f'n must be >= 1, got {n}')
   if len(source) == 0:
     raise ValueError('cannot estimate a mean image from an empty source')
+  grain = _grain()
   rng = np.random.default_rng([_check_seed('seed', seed), 1])
   indices = rng.choice(len(source), size=min(n, len(source)), replace=False)
+  ds = grain.MapDataset.source([int(i) for i in indices]).map(_MeanCrop(source, seed, crop_size, short_side))
   total = np.zeros((crop_size, crop_size, 3), np.float64)
-  for i in indices:
-    ex_rng = np.random.default_rng([seed, 2, int(i)])
-    x = augment.train_crop(source[int(i)]['image'], ex_rng, crop_size=crop_size,
-                           short_side=short_side, positions='five')
-    total += augment.random_flip(x, ex_rng)
+  for x in _iterate(ds, worker_count=worker_count, prefetch=4, rows_per_item=1):  # in the order of ``indices``
+    total += x
   return (total / len(indices)).astype(np.float32)
