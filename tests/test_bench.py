@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from sppnet_jax import models, ops
-from sppnet_jax.bench import hardware, pooling, suite, table10, train_step
+from sppnet_jax.bench import hardware, op_profile, pooling, suite, table10, train_step
 
 torch = pytest.importorskip("torch")
 from sppnet_jax.bench import torch_peer  # noqa: E402
@@ -273,3 +273,36 @@ def test_detection_does_not_import_bench():
   code = ("import sys, sppnet_jax.detection.timing, sppnet_jax.detection.features; "
           "sys.exit(any(m.startswith('sppnet_jax.bench') for m in sys.modules))")
   assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["zf5", "overfeat7"])
+def test_fast_pool_and_lrn_give_the_reference_gradients(small_models, rng, name):
+  """The whole network's loss gradient with ops.pooling.max_pool and models.lrn equals the one with
+  flax's max_pool and the reduce-window/power LRN (op_profile.reference_ops), within float rounding.
+  (The two LRNs round differently, so a near-tie in a later max pool may pick the other cell: the
+  absolute tolerance is a thousandth of each gradient's largest entry.)"""
+  model, params, _ = small_models[name]
+  images = jnp.asarray(rng.standard_normal((2, 72, 88, 3)).astype(np.float32))
+
+  def grads():
+    loss = lambda p: jnp.sum(model.apply({"params": p}, images) ** 2)
+    return jax.grad(loss)(params)
+
+  fast = grads()
+  with op_profile.reference_ops():
+    reference = grads()
+  assert models.lrn is not op_profile.reference_lrn
+  for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(reference)):
+    want = np.asarray(want)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=1e-3 * np.abs(want).max())
+
+
+def test_op_profile_labels_name_direction_and_layer():
+  hlo = ('  %fusion.3 = f32[8,27,27,256]{3,2,1,0} fusion(%a), metadata={op_name="jit(step)/transpose(jvp(SPPNet))/'
+         'SPPNet.conv_features/trunk/conv2/conv_general_dilated" stack_frame_id=1}\n'
+         '  ROOT %ynn_fusion.10 = f32[96,5,5,256]{3,2,1,0} fusion(%b, %c)\n'
+         '  %sub.1 = f32[4096]{0} subtract(%d, %e), metadata={op_name="jit(step)/sub"}\n')
+  table = op_profile.instructions(hlo)
+  assert op_profile.label(*table["fusion.3"]) == "backward trunk/conv2/conv_general_dilated"
+  assert op_profile.label(*table["ynn_fusion.10"]) == "(no source op) f32[96,5,5,256]{3,2,1,0}"
+  assert op_profile.label(*table["sub.1"]) == "update sub"
