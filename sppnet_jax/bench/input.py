@@ -16,7 +16,7 @@ workers, from ``psutil``), so a pipeline that keeps two cores busy is not counte
 
 Efficiency: end-to-end training images/s (the slim single-size config, its own in-memory
 data, through ``global_batch`` and the compiled step) divided by the step alone on one
-resident batch.
+resident batch; with the slim config's host augmentation and with ``data.device_augment``.
 """
 
 from __future__ import annotations
@@ -106,14 +106,16 @@ def pipeline_rate(source, *, worker_count: int, on_device: bool, batch_size: int
   return Rate(n / wall, n / max(cpu, 1e-9), cpu, n)
 
 
-def efficiency(repeats: int = 3, steps: int = 32) -> dict[str, Any]:
-  """End-to-end ÷ step-only training images/s of the slim single-size config (medians of ``repeats``)."""
+def efficiency(repeats: int = 3, steps: int = 32, device_augment: bool = False) -> dict[str, Any]:
+  """End-to-end ÷ step-only training images/s of the slim single-size config (medians of ``repeats``),
+  with its host augmentation or (``device_augment``) uint8 crops finished in the step."""
   import jax
 
   from sppnet_jax import configs, state as state_lib, train, workdir as workdir_lib
   from sppnet_jax.data import pipeline, sources
 
   config = configs.synthetic("single")
+  config.data.device_augment = device_augment
   t, d = config.train, config.data
   source = workdir_lib.config_source(d, "train")
   model = state_lib.build_model(config, sources.num_classes(d.name))
@@ -126,7 +128,8 @@ def efficiency(repeats: int = 3, steps: int = 32) -> dict[str, Any]:
 
   def batches(epoch):
     return pipeline.train_batches(source, batch_size=t.batch_size, seed=t.seed, epoch=epoch, crop_size=d.crop_size,
-                                  short_side=d.short_side, pca_std=d.pca_std, mean="per_image", worker_count=0)
+                                  short_side=d.short_side, pca_std=d.pca_std, mean="per_image", worker_count=0,
+                                  on_device=device_augment)
 
   for _ in batches(0):  # renders every example into the in-memory cache, as the first epoch of a run does
     pass
@@ -148,7 +151,8 @@ def efficiency(repeats: int = 3, steps: int = 32) -> dict[str, Any]:
     jax.block_until_ready(state)
     step_only.append(steps * t.batch_size / (time.perf_counter() - t0))
   e2e, alone = float(np.median(end_to_end)), float(np.median(step_only))
-  return {"end_to_end_images_per_s": e2e, "step_only_images_per_s": alone, "efficiency": e2e / alone,
+  return {"device_augment": device_augment, "end_to_end_images_per_s": e2e, "step_only_images_per_s": alone,
+          "efficiency": e2e / alone,
           "runs": {"end_to_end": end_to_end, "step_only": step_only}, "steps": steps, "batch_size": t.batch_size}
 
 
@@ -186,9 +190,10 @@ def run(out: str | pathlib.Path, quick: bool = False) -> dict[str, Any]:
                    **dataclasses.asdict(r)})
       print(f"{rows[-1]['path']:26s} workers={workers}: {r.images_per_s:7.1f} images/s, "
             f"{r.images_per_core_s:7.1f} per core-second", flush=True)
-  eff = efficiency(repeats=1 if quick else 3, steps=8 if quick else 32)
-  print(f"efficiency: {eff['efficiency']:.3f} ({eff['end_to_end_images_per_s']:.0f} / "
-        f"{eff['step_only_images_per_s']:.0f} images/s)", flush=True)
+  eff = [efficiency(repeats=1 if quick else 3, steps=8 if quick else 32, device_augment=on) for on in (False, True)]
+  for e in eff:
+    print(f"efficiency ({'device' if e['device_augment'] else 'host'} augmentation): {e['efficiency']:.3f} "
+          f"({e['end_to_end_images_per_s']:.0f} / {e['step_only_images_per_s']:.0f} images/s)", flush=True)
   best_after = max(r["images_per_core_s"] for r in rows if r["path"].startswith("after"))
   result = {"input": rows, "efficiency": eff, "projection": projection(best_after), "images": n}
   (out / "input.json").write_text(json.dumps(result, indent=2))
