@@ -94,6 +94,23 @@ def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformat
       min_scale=LR_DROP_FACTOR**drops if drops else 1.0)
 
 
+def _decay_and_direction(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
+  t = config.train
+  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+  decay = optax.masked(optax.add_decayed_weights(t.weight_decay), kernels)
+  if t.optimizer == "sgd":
+    return decay, optax.trace(decay=t.momentum)
+  if t.optimizer == "adam":
+    return decay, optax.scale_by_adam()
+  raise ValueError(f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}.")
+
+
+def legacy_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer of runs saved before the rate moved into optax (weight decay and direction only):
+  its state's structure, to read the parameters of such a run."""
+  return optax.chain(*_decay_and_direction(config))
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    epoch_steps: Sequence[int] | None = None) -> optax.GradientTransformationExtraArgs:
   """Weight decay on kernels (not biases) added to the gradient, the update direction, then the
@@ -106,14 +123,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
   epoch, enough to build the state's structure).
   """
   t = config.train
-  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-  decay = optax.masked(optax.add_decayed_weights(t.weight_decay), kernels)
-  if t.optimizer == "sgd":
-    direction = optax.trace(decay=t.momentum)
-  elif t.optimizer == "adam":
-    direction = optax.scale_by_adam()
-  else:
-    raise ValueError(f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}.")
+  decay, direction = _decay_and_direction(config)
   schedule = lr_schedule(config, [1] * int(t.num_epochs) if epoch_steps is None else epoch_steps)
   rate = optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=schedule)
   return optax.chain(decay, direction, rate, plateau_scaled(plateau_rule(config)))

@@ -142,6 +142,13 @@ def load_mean_file(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   return np.load(path)
 
 
+def _rate_in_optimizer(manager) -> bool:
+  """Whether the newest step holds the learning rate in its optimizer state (runs saved before
+  the rate moved into optax hold only weight decay and the update direction)."""
+  metadata = pathlib.Path(manager.directory) / str(manager.latest_step()) / "state" / "_METADATA"
+  return not metadata.is_file() or "hyperparams" in metadata.read_text(errors="replace")
+
+
 def load_run(workdir: str | os.PathLike):
   """(config, model, params, mean) of the newest intact checkpoint in a training workdir."""
   workdir = pathlib.Path(workdir)
@@ -157,10 +164,10 @@ def load_run(workdir: str | os.PathLike):
   manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
   if manager.latest_step() is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint yet.")
-  tx = state_lib.make_optimizer(config)
   # On this process's first device, whatever devices and processes the run trained on.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(lambda: state_lib.init_state(model, tx, d.crop_size, 0)))
-  restored, _ = restore_checkpoint(manager, abstract)
+  abstract = lambda tx: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                     jax.eval_shape(lambda: state_lib.init_state(model, tx, d.crop_size, 0)))
+  tx = state_lib.make_optimizer(config) if _rate_in_optimizer(manager) else state_lib.legacy_optimizer(config)
+  restored, _ = restore_checkpoint(manager, abstract(tx))
   return config, model, restored.params, load_mean_file(config, workdir)

@@ -123,3 +123,18 @@ def test_ctrl_c_saves_exits_cleanly_and_resumes_to_the_same_parameters(tmp_path)
   assert run_cli(["train", f"--config={config_file}", f"--workdir={run}"]).wait(300) == 0
   for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(run))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_load_run_reads_a_run_saved_before_the_rate_moved_into_the_optimizer(tmp_path):
+  from sppnet_jax import state
+  from sppnet_jax.checkpoints import checkpoint_manager, save_checkpoint
+  config = tiny_config("single", epochs=1)
+  old = state.init_state(state.build_model(config, 12), state.legacy_optimizer(config), 64, 3)
+  workdir.write_config(config, tmp_path)
+  manager = checkpoint_manager(tmp_path, 3)
+  save_checkpoint(manager, old, {"epoch": 1, "step": 0, "global_step": 4})
+  manager.wait_until_finished()
+  _, _, params, mean = workdir.load_run(tmp_path)
+  assert mean == "per_image"
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(old.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
