@@ -10,8 +10,10 @@ from sppnet_jax.data import augment, device_augment, pipeline, synthetic
 
 
 def _host_float(image, rng, *, crop_size, short_side, resize_to, pca_std, mean):
-  """``augment.train_example`` with the resize in float32 (no rounding to uint8 in between)."""
-  x = augment.random_flip(augment.train_crop(image, rng, crop_size=crop_size, short_side=short_side), rng)
+  """``augment.train_example`` with the resize in float32 (no rounding to uint8 in between), from
+  the same crop as the device path."""
+  x = device_augment.crop_of_resized(image, rng, crop_size=crop_size, short_side=short_side, positions="five")
+  x = augment.random_flip(x, rng)
   if resize_to is not None:
     x = augment.resize_image(np.ascontiguousarray(x, np.float32), resize_to)
   return augment.normalize(augment.pca_color_noise(x, rng, pca_std), mean)
@@ -32,11 +34,24 @@ def test_device_batches_equal_the_host_transform(mean_kind, resize_to):
   finish = jax.jit(lambda x, f, a: device_augment.finish_batch(x, f, a, device_augment.device_mean(mean, size), size))
   out = np.asarray(finish(device["image"], device["flip"], device["alpha"]))
   np.testing.assert_array_equal(device["label"], host["label"])
-  scale = 1 / 8 if mean_kind == "per_image" else 1 / augment.NORM_SCALE
-  if resize_to is None:  # no resize on either side: equal up to float rounding
-    np.testing.assert_allclose(out, host["image"], atol=1e-4)
-  else:  # the host rounds the resized crop to uint8 (at most one grey level), the device does not
-    np.testing.assert_allclose(out, host["image"], atol=1.01 * scale)
+  # One grey level: the crop resampled alone (crop_of_resized) and, with resize_to, the host's
+  # rounding of the resized crop to uint8, which the device does not do.
+  grey = 1 / 8 if mean_kind == "per_image" else 1 / augment.NORM_SCALE
+  np.testing.assert_allclose(out, host["image"], atol=(2.01 if resize_to else 1.01) * grey)
+
+
+@pytest.mark.parametrize("positions", ["five", "random"])
+def test_the_crop_alone_is_the_crop_of_the_resized_image(positions):
+  source = synthetic.SyntheticClassification("train", 6, seed=1, min_side=40, max_side=90)
+  for i in range(6):
+    image = source[i]["image"]
+    rng_host, rng = np.random.default_rng(i), np.random.default_rng(i)
+    want = augment.train_crop(image, rng_host, crop_size=32, short_side=36, positions=positions)
+    got = device_augment.crop_of_resized(image, rng, crop_size=32, short_side=36, positions=positions)
+    assert got.shape == want.shape == (32, 32, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert rng.random() == rng_host.random()  # the same draws were taken
+
 
 
 def test_device_resize_matches_the_host_float_resize():
