@@ -62,7 +62,7 @@ def final_params(workdir):
   return jax.tree.map(np.asarray, params)
 
 
-@pytest.mark.parametrize("device_augment", [False, True])
+@pytest.mark.parametrize("device_augment", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_multi_size_trains_with_one_compile_per_size(tmp_path, device_augment):
   config = tiny_config("multi", epochs=4)
   config.data.device_augment = device_augment  # True: uint8 crops in, resized to 52 inside the step
