@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sppnet_jax import configs, models, ops
+from sklearn.svm import LinearSVC
+
+from sppnet_jax import models, ops
+from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.data import augment
 from sppnet_jax.transfer import configs as transfer_configs
 from sppnet_jax.transfer import features, protocol, run, tasks
@@ -111,7 +114,7 @@ def test_crop_layers_against_independent_computations():
   model, params = _tiny()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 64, 3)), jnp.float32)
   out = features.layer_features(model, params, x, ("conv4", "conv5", "pool5", "spp", "fc6", "fc7"))
-  conv5 = model.apply({"params": params}, x, method=models.SPPNet.conv_features)
+  conv5 = jax.jit(lambda p, x: model.apply({"params": p}, x, method=models.SPPNet.conv_features))(params, x)
   np.testing.assert_array_equal(out["conv5"], conv5.reshape(2, -1))
   # conv5 is relu(conv(conv4)) with the released ZF-5's 3x3 / stride 1 / pad 1: rebuild it by hand.
   conv4 = out["conv4"].reshape(2, *conv5.shape[1:3], -1)
@@ -133,8 +136,9 @@ def test_nospp_pool5_is_the_baseline_pool_and_bad_requests_are_refused():
   model, params = _tiny(spp=False)
   x = jnp.ones((1, 64, 64, 3))
   out = features.layer_features(model, params, x, ("pool5",))
-  conv = model.apply({"params": params}, x, method=models.SPPNet.conv_features)
-  np.testing.assert_array_equal(out["pool5"], model.apply({"params": params}, conv, method=models.SPPNet.pool))
+  pool5 = jax.jit(lambda p, x: model.apply({"params": p}, model.apply({"params": p}, x, method=models.SPPNet.conv_features),
+                                           method=models.SPPNet.pool))(params, x)
+  np.testing.assert_array_equal(out["pool5"], pool5)
   with pytest.raises(ValueError, match="needs an SPP network"):
     features.check_layers(model, ("spp",), "crop")
   with pytest.raises(ValueError, match="only an SPP network"):
@@ -241,11 +245,27 @@ def test_transfer_end_to_end_on_the_built_in_scenes(tmp_path):
   config.comparisons = [("c", "b")]
   config.progress = False
   results = run.transfer_and_evaluate(config, tmp_path / "run")
-  test_targets = tasks.synthetic_scenes(48, 48).targets["test"]
-  # Random scores give an AP near each class's share of positive images: the features must beat that.
-  chance = np.mean([(t > 0).mean() for t in test_targets.T if (t > 0).any()]) * 100
+  # Column b's pool5 cell from scratch: each image's features alone (float16, as cached),
+  # scikit-learn's SVMs and an 11-point AP written out here.
+  task = tasks.synthetic_scenes(48, 48, max_objects=3, object_size=(0.2, 0.6))
+  _, model, params, mean = workdir_lib.load_run(tmp_path / "trunks" / "spp")
+  view = features.FeatureView("crop", 96, mean)  # one shape, one compile
+  feats = {split: np.stack([np.asarray(features.layer_features(
+      model, params, jnp.asarray(view.prepare(task.images[split][i]["image"]))[None], ("pool5",))["pool5"][0])
+      for i in range(48)]).astype(np.float16).astype(np.float32) for split in ("train", "test")}
+  unit = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in feats.items()}
+  aps = []
+  for k in range(12):
+    t_train, t_test = task.targets["train"][:, k], task.targets["test"][:, k]
+    if not (t_test > 0).any():
+      continue
+    svm = LinearSVC(C=1.0, max_iter=10000, random_state=0).fit(unit["train"][t_train != 0], t_train[t_train != 0] > 0)
+    keep = t_test != 0
+    ranked = (t_test[keep] > 0)[np.argsort(-svm.decision_function(unit["test"][keep]))]
+    recall, precision = np.cumsum(ranked) / ranked.sum(), np.cumsum(ranked) / np.arange(1, len(ranked) + 1)
+    aps.append(np.mean([precision[recall >= r].max() if (recall >= r).any() else 0 for r in np.linspace(0, 1, 11)]))
+  assert results["columns"]["b"]["cells"]["pool5"]["value"] == pytest.approx(100 * np.mean(aps), abs=0.05)
   cells = results["columns"]["c"]["cells"]
-  assert cells["pool5"]["value"] > chance + 10
   assert cells["pool5"]["low"] <= cells["pool5"]["value"] <= cells["pool5"]["high"]
   assert cells["fc7"]["dim"] == 32 and cells["pool5"]["dim"] == 36 * 16
   assert [(c["a"], c["b"], c["layer"]) for c in results["comparisons"]] == [("c", "b", "pool5"), ("c", "b", "fc7")]
@@ -255,5 +275,5 @@ def test_transfer_end_to_end_on_the_built_in_scenes(tmp_path):
   stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "features").iterdir()}
   again = run.transfer_and_evaluate(config, tmp_path / "run")
   assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "features").iterdir()} == stamps
-  assert again["columns"] == results["columns"]
-  assert json.loads((tmp_path / "run" / "results.json").read_text())["columns"] == results["columns"]
+  assert json.dumps(again["columns"], sort_keys=True) == json.dumps(results["columns"], sort_keys=True)
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["columns"] == json.loads(json.dumps(results["columns"]))

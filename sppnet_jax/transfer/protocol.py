@@ -44,7 +44,8 @@ class LinearModel:
 def fit_svms(features: np.ndarray, targets: np.ndarray, C: float = 1.0, max_iter: int = 10000) -> LinearModel:
   """One linear SVM per column of ``targets`` (N, K) in {+1, 0, -1}, rows with 0 left out.
 
-  scikit-learn's ``LinearSVC`` (liblinear: L2-regularised squared hinge) with ``C``; a class
+  scikit-learn's ``LinearSVC`` (liblinear: L2-regularised squared hinge) with ``C`` and a fixed
+  ``random_state`` (liblinear shuffles its coordinates), so a rerun gives the same SVMs; a class
   needs at least one positive and one negative example.
   """
   x = np.asarray(features, np.float32)
@@ -62,7 +63,7 @@ def fit_svms(features: np.ndarray, targets: np.ndarray, C: float = 1.0, max_iter
                        "an SVM needs both. Use a larger training split.")
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always", ConvergenceWarning)
-      svm = LinearSVC(C=C, max_iter=max_iter).fit(x[use], y)
+      svm = LinearSVC(C=C, max_iter=max_iter, random_state=0).fit(x[use], y)
     converged &= not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     weights[:, k], biases[k] = svm.coef_[0], svm.intercept_[0]
   return LinearModel(weights, biases, bool(converged))
