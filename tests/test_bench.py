@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from sppnet_jax import models, ops
-from sppnet_jax.bench import hardware, op_profile, pooling, suite, table10, train_step
+from sppnet_jax.bench import hardware, op_profile, pooling, proposals_peer, suite, table10, train_step
 
 torch = pytest.importorskip("torch")
 from sppnet_jax.bench import torch_peer  # noqa: E402
@@ -306,3 +306,21 @@ def test_op_profile_labels_name_direction_and_layer():
   assert op_profile.label(*table["fusion.3"]) == "backward trunk/conv2/conv_general_dilated"
   assert op_profile.label(*table["ynn_fusion.10"]) == "(no source op) f32[96,5,5,256]{3,2,1,0}"
   assert op_profile.label(*table["sub.1"]) == "update sub"
+
+
+def test_drawn_photo_boxes_lie_inside_their_photos():
+  boxes = proposals_peer.drawn_boxes()
+  assert set(boxes) == {"astronaut", "coffee", "rocket", "chelsea"}
+  for name, b in boxes.items():
+    h, w = proposals_peer.photo(name).shape[:2]
+    assert b.shape[1] == 4 and len(b) >= 5
+    assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w - 1).all() and (b[:, 3] <= h - 1).all()
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+
+
+def test_opencv_fast_boxes_are_inclusive_corners_inside_the_image():
+  pytest.importorskip("cv2.ximgproc")
+  image = proposals_peer.photo("coffee")[::4, ::4]
+  boxes = proposals_peer.opencv_fast(image)
+  assert len(boxes) > 10 and (boxes[:, :2] >= 0).all()
+  assert (boxes[:, 2] <= image.shape[1] - 1).all() and (boxes[:, 3] <= image.shape[0] - 1).all()

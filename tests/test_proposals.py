@@ -145,3 +145,12 @@ def test_fast_mode_on_375x500_natural_image():
   img = np.round(resize(skimage.data.coffee(), (375, 500), preserve_range=True)).astype(np.uint8)
   boxes = P.selective_search(img)
   assert 1000 <= len(boxes) <= 4000
+
+
+def test_histograms_drop_the_no_vote_code_and_normalise_each_region():
+  """Code ``bins`` means no vote: it is counted in a spare column that is dropped before normalising."""
+  from sppnet_jax.detection.proposals import _histograms
+  labels = np.array([[0, 0, 1], [1, 1, 2]])
+  codes = np.array([[0, 3], [1, 3], [2, 2], [2, 0], [3, 3], [1, 1]], np.int32)  # bins = 3, code 3 = no vote
+  hist = _histograms(labels, 3, codes, 3)
+  np.testing.assert_allclose(hist, [[0.5, 0.5, 0.0], [0.25, 0.0, 0.75], [0.0, 1.0, 0.0]])

@@ -79,9 +79,10 @@ def colour_image(rgb: np.ndarray, space: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- region features
 
 def _texture_codes(img: np.ndarray) -> np.ndarray:
-  """Per-pixel texture bin codes, (H*W, 3*8) int64 in [0, 240) or -1 where no vote."""
+  """Per-pixel texture bin codes, (H*W, 3*8) int32 in [0, 240), or 240 where no vote."""
   h, w, c = img.shape
-  codes = np.empty((h * w, c * TEXTURE_ORIENTATIONS), np.int64)
+  no_vote = c * TEXTURE_ORIENTATIONS * TEXTURE_BINS
+  codes = np.empty((h * w, c * TEXTURE_ORIENTATIONS), np.int32)
   angles = np.arange(TEXTURE_ORIENTATIONS) * (2 * np.pi / TEXTURE_ORIENTATIONS)
   for ch in range(c):
     x = img[:, :, ch].astype(np.float32)
@@ -89,16 +90,18 @@ def _texture_codes(img: np.ndarray) -> np.ndarray:
     gy = ndimage.gaussian_filter(x, 1.0, order=(1, 0)).reshape(-1)
     top = float(np.sqrt(gx * gx + gy * gy).max())
     resp = np.cos(angles)[None, :] * gx[:, None] + np.sin(angles)[None, :] * gy[:, None]
-    bins = np.minimum((resp * (TEXTURE_BINS / max(top, 1e-12))).astype(np.int64), TEXTURE_BINS - 1)
-    base = (ch * TEXTURE_ORIENTATIONS + np.arange(TEXTURE_ORIENTATIONS)) * TEXTURE_BINS
-    codes[:, ch * TEXTURE_ORIENTATIONS:(ch + 1) * TEXTURE_ORIENTATIONS] = np.where(resp > 0, base + bins, -1)
+    bins = np.minimum((resp * (TEXTURE_BINS / max(top, 1e-12))).astype(np.int32), TEXTURE_BINS - 1)
+    base = ((ch * TEXTURE_ORIENTATIONS + np.arange(TEXTURE_ORIENTATIONS)) * TEXTURE_BINS).astype(np.int32)
+    codes[:, ch * TEXTURE_ORIENTATIONS:(ch + 1) * TEXTURE_ORIENTATIONS] = np.where(resp > 0, base + bins, no_vote)
   return codes
 
 
 def _histograms(labels: np.ndarray, num: int, codes: np.ndarray, bins: int) -> np.ndarray:
-  """Per-region L1-normalised histograms from per-pixel codes (-1 = no vote) via one bincount."""
-  flat = (labels.reshape(-1, 1) * bins + codes)[codes >= 0]
-  hist = np.bincount(flat, minlength=num * bins).reshape(num, bins).astype(np.float64)
+  """Per-region L1-normalised histograms from per-pixel codes in [0, bins] via one bincount; code ``bins``
+  is a spare column for pixels without a vote (texture), dropped before normalising."""
+  flat = labels.reshape(-1, 1).astype(np.int32) * np.int32(bins + 1) + codes
+  hist = np.bincount(flat.reshape(-1), minlength=num * (bins + 1)).reshape(num, bins + 1)[:, :bins]
+  hist = hist.astype(np.float64)
   total = hist.sum(axis=1, keepdims=True)
   return hist / np.maximum(total, 1e-12)
 
@@ -247,7 +250,7 @@ def selective_search(image: np.ndarray, ks: Sequence[int] = FAST_KS,
   all_boxes, all_pos = [], []
   for space in colour_spaces:
     img = colour_image(rgb, space)
-    colour_codes = (img.reshape(-1, 3).astype(np.int64) * COLOUR_BINS) // 256 + np.arange(3) * COLOUR_BINS
+    colour_codes = (img.reshape(-1, 3).astype(np.int32) * COLOUR_BINS) // 256 + np.arange(3, dtype=np.int32) * COLOUR_BINS
     texture_codes = _texture_codes(img)
     for k in ks:
       labels = felzenszwalb(img, scale=float(k), sigma=sigma, min_size=int(k), channel_axis=-1)
