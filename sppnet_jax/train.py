@@ -227,8 +227,9 @@ class _Preemption:
   the run saves its state and stops cleanly. A second Ctrl-C aborts at once.
 
   With several JAX processes, :meth:`agreed` is a cross-process agreement: every process
-  calls it after the same step, and it is true on all of them when any one received the
-  signal, so all save the same step and stop together. One process needs no agreement.
+  calls it after the same steps (those it logs, and an epoch's last), and it is true on all
+  of them when any one received the signal, so all save the same step and stop together. One
+  process needs no agreement and checks after every step.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -545,8 +546,11 @@ def _train_epoch(run: _Run, state: TrainState, progress: Progress, bar) -> tuple
     finite = finite & metrics["finite"]
     progress = dataclasses.replace(progress, step=progress.step + 1, global_step=progress.global_step + 1)
     at_end = progress.step == data.num_steps
-    stop = run.preemption.agreed()
-    if progress.global_step % t.log_every_steps == 0 or at_end or stop:
+    logged = progress.global_step % t.log_every_steps == 0 or at_end
+    # One process checks its flag after every step; several agree where the host waits for the
+    # step anyway (the logged steps and the epoch's end), so agreeing never stalls dispatch.
+    stop = run.preemption.agreed() if logged or jax.process_count() == 1 else False
+    if logged or stop:
       h, w = hw
       if not bool(finite):
         raise _non_finite(run, (window_start, progress.global_step), epoch, (h, w), float(metrics["lr"]))
