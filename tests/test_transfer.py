@@ -46,6 +46,13 @@ def test_eleven_point_ap_of_a_known_ranking():
     protocol.classification_ap(scores, -np.abs(targets))
 
 
+def test_chance_map_is_the_positive_share_rounded_up():
+  # One positive among n images at a uniformly random rank r: precision 1/r reaches every recall
+  # threshold, so the 11-point AP is 1/r and its mean over ranks is H(n)/n.
+  targets = np.array([[1], [-1], [-1], [-1]])
+  assert protocol.chance_map(targets, draws=4000) == pytest.approx(100 * (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4, abs=1.0)
+
+
 def test_l2_normalize_and_targets():
   x = protocol.l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
   assert np.allclose(x, [[0.6, 0.8], [0.0, 0.0]])

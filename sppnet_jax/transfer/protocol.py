@@ -117,6 +117,13 @@ def mean_ap_interval(scores: np.ndarray, targets: np.ndarray, num_resamples: int
   return float(2 * value - np.percentile(values, 97.5)), float(2 * value - np.percentile(values, 2.5))
 
 
+def chance_map(targets: np.ndarray, draws: int = 100, seed: int = 0) -> float:
+  """Mean AP (%) of random scores on these targets, averaged over seeded draws: the floor a
+  feature must clear (above the positives' share, as the 11-point rule rounds recall up)."""
+  rng = np.random.default_rng(seed)
+  return float(np.mean([mean_ap(rng.random(targets.shape), targets)[0] for _ in range(draws)]))
+
+
 def mean_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
   """Mean over the classes present in ``labels`` of the fraction predicted right, in %."""
   predicted, labels = np.asarray(predicted), np.asarray(labels)

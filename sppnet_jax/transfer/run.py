@@ -130,7 +130,9 @@ def transfer_and_evaluate(config: ml_collections.ConfigDict, workdir: str | path
     trunks[name] = prepare_trunk(name, str(spec), trunk_root)
     if trunks[name] is None:
       return {"preempted": True, "trunk": name}
-  results: dict[str, Any] = {"task": task.name, "kind": task.kind, "columns": {}, "comparisons": []}
+  chance = (protocol.chance_map(task.targets["test"], seed=config.seed) if task.kind == "multilabel"
+            else 100.0 / len(np.unique(task.targets["pool"])))
+  results: dict[str, Any] = {"task": task.name, "kind": task.kind, "chance": chance, "columns": {}, "comparisons": []}
   raw: dict[tuple[str, str], np.ndarray] = {}
   for column in config.columns:
     feats = _column_features(config, column, task, trunks[column.trunk], workdir)
@@ -190,9 +192,10 @@ def report(results: dict, title: str) -> str:
     layers += [layer for layer in column["cells"] if layer not in layers]
   metric = "mean AP (%)" if results["kind"] == "multilabel" else "mean class accuracy (%)"
   head = [f"{name}: {c['trunk']} {c['view']} {c['size']}" for name, c in columns.items()]
+  chance = "random scores" if results["kind"] == "multilabel" else "guessing"
   lines = [f"# Transfer: {title}", "", f"{metric}, 95 % interval in brackets; the paper's figure beside it "
-           "where the column has one.", "", "| layer | " + " | ".join(head) + " |",
-           "|---|" + "---|" * len(head)]
+           f"where the column has one. {chance.capitalize()} would score {results['chance']:.2f}.", "",
+           "| layer | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
   for layer in layers:
     lines.append(f"| {layer} | " + " | ".join(_cell(c["cells"].get(layer)) for c in columns.values()) + " |")
   if results["comparisons"]:
