@@ -130,7 +130,7 @@ def test_crop_layers_against_independent_computations():
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) + p5["bias"])
   np.testing.assert_allclose(again, conv5, rtol=1e-5, atol=1e-5)
   # pool5 (6x6) is torch's adaptive max pooling of conv5 (channel-major there, bin-major here).
-  oracle = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(np.asarray(conv5)).permute(0, 3, 1, 2), 6)
+  oracle = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(np.array(conv5)).permute(0, 3, 1, 2), 6)
   np.testing.assert_array_equal(np.sort(out["pool5"], 1), np.sort(oracle.reshape(2, -1).numpy(), 1))
   np.testing.assert_array_equal(out["spp"], ops.spp(conv5, model.levels))
   fc6 = np.maximum(out["spp"] @ np.asarray(params["head"]["fc6"]["kernel"]) + np.asarray(params["head"]["fc6"]["bias"]), 0)
@@ -150,7 +150,7 @@ def test_nospp_pool5_is_the_baseline_pool_and_bad_requests_are_refused():
     features.check_layers(model, ("spp",), "crop")
   with pytest.raises(ValueError, match="only an SPP network"):
     features.check_layers(model, ("fc7",), "full")
-  spp_model, _ = _tiny()
+  spp_model = models.create_model("zf5", num_classes=5, channels=(8, 8, 12, 12, 8), fc_width=16)
   with pytest.raises(ValueError, match="only in the crop view"):
     features.check_layers(spp_model, ("conv4",), "full")
   with pytest.raises(ValueError, match="unknown layer"):
