@@ -7,7 +7,10 @@ without them.
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import pathlib
 import platform
 import statistics
 import time
@@ -82,3 +85,15 @@ def median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any] = 
     if deadline is not None and time.perf_counter() > deadline:
       break
   return 1e3 * statistics.median(times), len(times)
+
+
+def write_results(out: str | os.PathLike, stem: str, title: str, env: dict, table: str, rows: list) -> str:
+  """Writes ``<out>/<stem>_<date>.json`` (date, environment, rows) and the Markdown beside it
+  (the title, the environment and ``table``); returns the Markdown."""
+  date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  text = "\n".join([f"# {title} — {date}", "", "```", json.dumps(env, indent=2), "```", "", table, ""])
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"{stem}_{date[:10]}.json").write_text(json.dumps({"date": date, "environment": env, "rows": rows}, indent=2))
+  (out / f"{stem}_{date[:10]}.md").write_text(text)
+  return text

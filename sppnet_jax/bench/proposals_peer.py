@@ -17,7 +17,6 @@ OpenCV is a peer only: ``opencv-contrib-python-headless`` in ``.venv-bench`` (se
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
 import time
@@ -105,17 +104,10 @@ def main(argv: Sequence[str] | None = None) -> str:
   args = parser.parse_args(argv)
   import cv2
 
-  from sppnet_jax.timing import environment
+  from sppnet_jax.timing import environment, write_results
   rows = compare(repeats=args.repeats)
-  date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  env = dict(environment(), opencv=cv2.__version__)
-  text = "\n".join([f"# Selective search beside OpenCV's fast mode — {date}", "", "```", json.dumps(env, indent=2),
-                    "```", "", format_table(rows), ""])
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  stem = f"proposals_opencv_cpu_{date[:10]}"
-  (out / f"{stem}.json").write_text(json.dumps({"date": date, "environment": env, "rows": rows}, indent=2))
-  (out / f"{stem}.md").write_text(text)
+  text = write_results(args.out, "proposals_opencv_cpu", "Selective search beside OpenCV's fast mode",
+                       dict(environment(), opencv=cv2.__version__), format_table(rows), rows)
   print(text)
   return text
 

@@ -17,9 +17,6 @@ JAX faster). Run from ``.venv-bench``::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import pathlib
 import time
 from typing import Callable, Sequence
 
@@ -29,7 +26,7 @@ import numpy as np
 import optax
 
 from sppnet_jax import models
-from sppnet_jax.timing import environment
+from sppnet_jax.timing import environment, write_results
 
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
 CASES = (("zf5", 224), ("zf5", 180), ("overfeat7", 224), ("overfeat7", 180))
@@ -140,15 +137,9 @@ def main(argv: Sequence[str] | None = None) -> str:
   for name, size in CASES:
     rows.append(compare(name, size, args.batch, args.dtype, args.rounds))
     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-  date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  env = environment()
-  text = "\n".join([f"# Training step, JAX beside the torch.compile peer, interleaved — {date}", "", "```",
-                    json.dumps(env, indent=2), "```", "", format_table(rows), ""])
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  stem = f"train_step_{jax.devices()[0].platform}_{args.dtype}_{date[:10]}"
-  (out / f"{stem}.json").write_text(json.dumps({"date": date, "environment": env, "rows": rows}, indent=2))
-  (out / f"{stem}.md").write_text(text)
+  text = write_results(args.out, f"train_step_{jax.devices()[0].platform}_{args.dtype}",
+                       "Training step, JAX beside the torch.compile peer, interleaved", environment(),
+                       format_table(rows), rows)
   print(text)
   return text
 

@@ -97,20 +97,22 @@ def mean_ap(scores: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]
   return float(aps.mean()), aps
 
 
+def _resamples(targets: np.ndarray, num_resamples: int, seed: int) -> list[np.ndarray]:
+  """Bootstrap draws of test images (with replacement), each kept only if every class still has a
+  positive (a mean AP needs one); at least half must be kept."""
+  rng = np.random.default_rng(seed)
+  n = targets.shape[0]
+  picks = [rng.integers(0, n, n) for _ in range(num_resamples)]
+  picks = [pick for pick in picks if ((targets[pick] > 0).sum(0) > 0).all()]
+  if len(picks) < num_resamples // 2:
+    raise ValueError("too few test images per class for a bootstrap interval of the mean AP.")
+  return picks
+
+
 def mean_ap_interval(scores: np.ndarray, targets: np.ndarray, num_resamples: int = 1000,
                      seed: int = 0) -> tuple[float, float]:
   """95 % basic bootstrap interval of the mean AP over test images (resampled with replacement)."""
-  rng = np.random.default_rng(seed)
-  n = scores.shape[0]
-  values = []
-  for _ in range(num_resamples):
-    pick = rng.integers(0, n, n)
-    t = targets[pick]
-    if ((t > 0).sum(0) == 0).any():  # a resample without a positive of some class has no mean AP
-      continue
-    values.append(mean_ap(scores[pick], t)[0])
-  if len(values) < num_resamples // 2:
-    raise ValueError("too few test images per class for a bootstrap interval of the mean AP.")
+  values = [mean_ap(scores[pick], targets[pick])[0] for pick in _resamples(targets, num_resamples, seed)]
   # Basic (reverse-percentile) interval: duplicated images in a resample raise its AP, and this
   # interval reflects that bias about the estimate instead of carrying it.
   value = mean_ap(scores, targets)[0]
@@ -179,18 +181,8 @@ def paired_map_difference(scores_a: np.ndarray, scores_b: np.ndarray, targets: n
                           seed: int = 0) -> tuple[float, float, float, float]:
   """mAP(A) - mAP(B) on the same test images, its 95 % basic paired bootstrap interval and a two-sided
   bootstrap p-value (twice the smaller share of that distribution on either side of 0)."""
-  rng = np.random.default_rng(seed)
-  n = targets.shape[0]
-  diffs = []
-  for _ in range(num_resamples):
-    pick = rng.integers(0, n, n)
-    t = targets[pick]
-    if ((t > 0).sum(0) == 0).any():
-      continue
-    diffs.append(mean_ap(scores_a[pick], t)[0] - mean_ap(scores_b[pick], t)[0])
-  diffs = np.array(diffs)
-  if len(diffs) < num_resamples // 2:
-    raise ValueError("too few test images per class for a bootstrap interval of the mAP difference.")
+  diffs = np.array([mean_ap(scores_a[pick], targets[pick])[0] - mean_ap(scores_b[pick], targets[pick])[0]
+                    for pick in _resamples(targets, num_resamples, seed)])
   value = mean_ap(scores_a, targets)[0] - mean_ap(scores_b, targets)[0]
   reflected = 2 * value - diffs  # the basic bootstrap's distribution of the difference
   p = min(1.0, 2 * min(np.mean(reflected <= 0), np.mean(reflected >= 0)))
