@@ -94,10 +94,15 @@ def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformat
       min_scale=LR_DROP_FACTOR**drops if drops else 1.0)
 
 
+def kernel_weight_decay(weight_decay: float) -> optax.GradientTransformation:
+  """L2 weight decay on the conv and dense kernels only (no biases)."""
+  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+  return optax.masked(optax.add_decayed_weights(float(weight_decay)), kernels)
+
+
 def _decay_and_direction(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
   t = config.train
-  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-  decay = optax.masked(optax.add_decayed_weights(t.weight_decay), kernels)
+  decay = kernel_weight_decay(t.weight_decay)
   if t.optimizer == "sgd":
     return decay, optax.trace(decay=t.momentum)
   if t.optimizer == "adam":

@@ -40,7 +40,7 @@ from sppnet_jax.data import device_augment, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter
 from sppnet_jax import state as state_lib
 from sppnet_jax.state import TrainState, build_model, init_state, make_optimizer
-from sppnet_jax.workdir import config_source, load_run  # noqa: F401  (load_run: detection still reads it from here)
+from sppnet_jax.workdir import config_source
 
 Array = jax.Array
 
@@ -481,6 +481,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption
   manager = checkpoint_manager(workdir, t.keep_checkpoints)
   progress = Progress()
   if manager.latest_step() is not None:
+    if not workdir_lib.rate_in_optimizer(manager):
+      raise ValueError(f"{workdir} holds checkpoints saved before the learning rate moved into the optimizer "
+                       "state, so training cannot resume them. Their parameters still load for 'sppnet evaluate', "
+                       "detection and transfer; to train on, give a new --workdir.")
     state, restored = restore_checkpoint(manager, state)
     progress = Progress.from_record(restored)
     logging.info("resumed from %s at epoch %d, step %d", workdir, progress.epoch, progress.step)

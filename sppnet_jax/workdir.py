@@ -142,7 +142,7 @@ def load_mean_file(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   return np.load(path)
 
 
-def _rate_in_optimizer(manager) -> bool:
+def rate_in_optimizer(manager) -> bool:
   """Whether the newest step holds the learning rate in its optimizer state (runs saved before
   the rate moved into optax hold only weight decay and the update direction)."""
   metadata = pathlib.Path(manager.directory) / str(manager.latest_step()) / "state" / "_METADATA"
@@ -168,6 +168,6 @@ def load_run(workdir: str | os.PathLike):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = lambda tx: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                                      jax.eval_shape(lambda: state_lib.init_state(model, tx, d.crop_size, 0)))
-  tx = state_lib.make_optimizer(config) if _rate_in_optimizer(manager) else state_lib.legacy_optimizer(config)
+  tx = state_lib.make_optimizer(config) if rate_in_optimizer(manager) else state_lib.legacy_optimizer(config)
   restored, _ = restore_checkpoint(manager, abstract(tx))
   return config, model, restored.params, load_mean_file(config, workdir)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from sppnet_jax.data import check, sources
+from sppnet_jax.detection import config as config_lib
 from sppnet_jax.detection import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ def test_the_trunk_path_is_stored_resolved(tmp_path, monkeypatch):
   (trunk / "config.json").write_text("{}")
   monkeypatch.chdir(tmp_path / "runs")
   config = pipeline.detection_config("synthetic", trunk_workdir="trunk")
-  resolved = pipeline._with_resolved_trunk(config)
+  resolved = config_lib.with_resolved_trunk(config)
   assert resolved.trunk.workdir == str(trunk) and config.trunk.workdir == "trunk"
   # A workdir written with the relative path does not count as a changed config.
   workdir = tmp_path / "det"

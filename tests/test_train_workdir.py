@@ -125,7 +125,7 @@ def test_ctrl_c_saves_exits_cleanly_and_resumes_to_the_same_parameters(tmp_path)
     np.testing.assert_array_equal(a, b)
 
 
-def test_load_run_reads_a_run_saved_before_the_rate_moved_into_the_optimizer(tmp_path):
+def test_a_run_saved_before_the_rate_moved_into_the_optimizer_loads_but_does_not_resume(tmp_path):
   from sppnet_jax import state
   from sppnet_jax.checkpoints import checkpoint_manager, save_checkpoint
   config = tiny_config("single", epochs=1)
@@ -138,3 +138,7 @@ def test_load_run_reads_a_run_saved_before_the_rate_moved_into_the_optimizer(tmp
   assert mean == "per_image"
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(old.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Training cannot resume such a run: a clear error, and the checkpoint is left as it was.
+  with pytest.raises(ValueError, match="cannot resume them"):
+    train.train_and_evaluate(config, tmp_path)
+  assert checkpoint_manager(tmp_path, 3).all_steps() == [4]

@@ -284,3 +284,12 @@ def test_transfer_end_to_end_on_the_built_in_scenes(tmp_path):
   assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "features").iterdir()} == stamps
   assert json.dumps(again["columns"], sort_keys=True) == json.dumps(results["columns"], sort_keys=True)
   assert json.loads((tmp_path / "run" / "results.json").read_text())["columns"] == json.loads(json.dumps(results["columns"]))
+
+
+def test_split_comparisons_need_two_splits_before_any_work(tmp_path):
+  config = transfer_configs.synthetic_shapes()
+  config.splits.num_splits = 1
+  config.trunk_dir = str(tmp_path / "trunks")
+  with pytest.raises(ValueError, match="num_splits >= 2"):
+    run.transfer_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "trunks").exists()

@@ -179,7 +179,7 @@ def run(out: str | pathlib.Path, quick: bool = False) -> dict[str, Any]:
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   n = 160 if quick else 480
-  source = sources.ImageFolderSource(make_photos(out / "photos", n))
+  source = sources.ImageFolderSource(make_photos(out / f"photos_{n}", n))
   mean = np.full((224, 224, 3), 117.0, np.float32)  # a mean image: the paper's normalisation
   batches = 3 if quick else 12
   rows = []

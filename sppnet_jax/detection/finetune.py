@@ -33,7 +33,7 @@ import optax
 from sppnet_jax import models
 from sppnet_jax.detection import boxes as box_ops
 from sppnet_jax.detection import cache
-from sppnet_jax.state import TrainState
+from sppnet_jax.state import TrainState, kernel_weight_decay
 
 BACKGROUND = 0
 UNUSED = -1
@@ -140,10 +140,9 @@ def init_finetune_head(trunk_head: Any, num_classes: int, fc8_std: float, seed: 
 def make_optimizer(f: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Weight decay on kernels, heavy-ball momentum, then ``-lr`` from the step schedule of ``f``
   (``lr`` times ``lr_decay`` after each of ``lr_boundaries``)."""
-  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
   schedule = optax.piecewise_constant_schedule(float(f.lr), {int(b): float(f.lr_decay) for b in f.lr_boundaries})
-  return optax.chain(optax.masked(optax.add_decayed_weights(float(f.weight_decay)), kernels),
-                     optax.trace(decay=float(f.momentum)), optax.scale_by_learning_rate(schedule))
+  return optax.chain(kernel_weight_decay(f.weight_decay), optax.trace(decay=float(f.momentum)),
+                     optax.scale_by_learning_rate(schedule))
 
 
 def make_step(head: models.Head, tx: optax.GradientTransformation):

@@ -1,8 +1,8 @@
 """The SPP-net detection system (paper section 4 / the released code), end to end.
 
 ``train_and_evaluate_detection(config, workdir)`` runs these stages; each names its output and is
-skipped when that output exists (a changed config removes the trained outputs first; cached
-features are keyed by what they depend on and stay valid):
+skipped when that output exists (a changed config is refused unless ``start_over``, which removes
+the trained outputs; cached features are keyed by what they depend on and stay valid):
 
 =============  ==========================================  =====================================
 stage          output                                      room
@@ -41,7 +41,6 @@ from sppnet_jax.detection.trunk import load_trunk
 from sppnet_jax.detection.visualize import detect_image, draw_detections, select_drawn
 
 TRAINED_OUTPUTS = (system_lib.SYSTEM_DIR, "metrics.json", "detections.npz")
-_with_resolved_trunk = with_resolved_trunk  # the name the CLI tests use
 
 
 def _has_trained_outputs(workdir: pathlib.Path) -> bool:

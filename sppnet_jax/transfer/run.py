@@ -124,6 +124,9 @@ def transfer_and_evaluate(config: ml_collections.ConfigDict, workdir: str | path
   workdir_lib.write_config(config, workdir, has_outputs=lambda w: (w / RESULTS_FILE).exists(), ignore=("progress",))
   start = time.time()
   task = tasks.get_task(config)
+  if task.kind == "split" and config.get("comparisons") and config.splits.num_splits < 2:
+    raise ValueError("comparisons between columns of a split task pair their splits and need splits.num_splits >= 2; "
+                     "raise it or drop the comparisons.")
   trunk_root = pathlib.Path(config.trunk_dir) if config.get("trunk_dir") else workdir / "trunks"
   trunks = {}
   for name, spec in config.trunks.items():
