@@ -108,21 +108,26 @@ class DetectionSystem:
   def window_batch(self) -> int:
     return int(self.config.features.window_batch)
 
+  def window_scores(self, pool5: np.ndarray) -> np.ndarray:
+    """(R, K) SVM scores of windows on fine-tuned fc7, from their pooled features (R, D)."""
+    fc7 = feats.fc7_features(self.head, np.asarray(pool5, np.float32), self.window_batch)
+    return svm_lib.score(fc7, self.svms)
+
   def detect_windows(self, pool5: np.ndarray, windows: np.ndarray, image_hw: Sequence[int],
-                     use_regressor: bool = True) -> dict[str, np.ndarray]:
+                     use_regressor: bool = True, scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Detections of one image from its windows' pooled features.
 
-    SVM scores on fine-tuned fc7, per-class box regression (if a regressor is present and
-    ``use_regressor``), clipping, per-class NMS (``config.test.nms``) and at most
-    ``config.test.max_per_class`` per class. Returns ``{'boxes' (M, 4), 'scores' (M,), 'labels' (M,)}``.
+    SVM scores on fine-tuned fc7 (``scores``, when already computed by :meth:`window_scores`),
+    per-class box regression (if a regressor is present and ``use_regressor``), clipping,
+    per-class NMS (``config.test.nms``) and at most ``config.test.max_per_class`` per class.
+    Returns ``{'boxes' (M, 4), 'scores' (M,), 'labels' (M,)}``.
     """
     h, w = int(image_hw[0]), int(image_hw[1])
     num_classes = self.svms.weights.shape[1]
     t = self.config.test
     parts: dict[str, list] = {"boxes": [], "scores": [], "labels": []}
     if len(windows):
-      fc7 = feats.fc7_features(self.head, np.asarray(pool5, np.float32), self.window_batch)
-      scores = svm_lib.score(fc7, self.svms)
+      scores = self.window_scores(pool5) if scores is None else scores
       reg = self.regressor if use_regressor else None
       boxes_k = (bbox_regression.apply(reg, pool5, windows) if reg is not None
                  else np.repeat(np.asarray(windows, np.float64)[:, None], num_classes, 1))
@@ -201,9 +206,10 @@ def evaluate(system: DetectionSystem, images: Iterable[tuple[np.ndarray, np.ndar
   """
   dets, dets_bb, gts = [], [], []
   for pool5, windows, image_hw, gt in images:
-    dets.append(system.detect_windows(pool5, windows, image_hw, use_regressor=False))
+    scores = system.window_scores(pool5) if len(windows) else None  # once for both variants
+    dets.append(system.detect_windows(pool5, windows, image_hw, use_regressor=False, scores=scores))
     if system.regressor is not None:
-      dets_bb.append(system.detect_windows(pool5, windows, image_hw, use_regressor=True))
+      dets_bb.append(system.detect_windows(pool5, windows, image_hw, use_regressor=True, scores=scores))
     gts.append(gt)
   out = {"ftfc7": voc_metrics(dets, gts, system.class_names), "detections": dets, "gts": gts, "images": len(gts)}
   if system.regressor is not None:

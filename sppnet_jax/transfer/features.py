@@ -33,6 +33,7 @@ import tqdm
 
 from sppnet_jax import models, ops, views
 from sppnet_jax.data import augment, pipeline
+from sppnet_jax.detection.cache import atomic_savez
 
 LAYERS = ("conv4", "conv5", "pool5", "spp", "fc6", "fc7")
 VIEWS = ("crop", "full")
@@ -221,7 +222,5 @@ def cached_extract(path: pathlib.Path, key: str, compute, layers: Sequence[str])
   half = np.finfo(np.float16).max
   stored = {name: x.astype(np.float16) if np.abs(x).max(initial=0.0) < half else x for name, x in feats.items()}
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp.npz")
-  np.savez(tmp, key=np.array(key), **stored)
-  tmp.replace(path)
+  atomic_savez(path, key=np.array(key), **stored)
   return {name: stored[name].astype(np.float32) for name in layers}
