@@ -6,8 +6,8 @@ sppnet_jax.configs.synthetic for every departure), so it trains on 2 CPU cores i
 Run:
   sppnet train --config experiments/synthetic/scale_multi.py --workdir runs/scale_multi
 
-Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 154 s with its evaluation),
-top-1 error % [95 % CI] on 4,500 validation images: crop 66.07 [64.7, 67.4], full 69.64 [68.3, 71.0].
+Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 106 s with its evaluation),
+top-1 error % [95 % CI] on 4,500 validation images: crop 67.98 [66.6, 69.3], full 70.64 [69.3, 72.0].
 
 Paper counterpart: Table 2, ZF-5 (c) SPP multi-size (224 and 180, alternating per epoch): 34.60 / 13.64 top-1 / top-5 error on ImageNet.
 """

@@ -6,8 +6,8 @@ sppnet_jax.configs.synthetic for every departure), so it trains on 2 CPU cores i
 Run:
   sppnet train --config experiments/synthetic/scale_nospp.py --workdir runs/scale_nospp
 
-Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 150 s with its evaluation),
-top-1 error % [95 % CI] on 4,500 validation images: crop 65.13 [63.7, 66.5], full (warped) 66.71 [65.3, 68.1].
+Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 115 s with its evaluation),
+top-1 error % [95 % CI] on 4,500 validation images: crop 63.73 [62.3, 65.1], full (warped) 66.29 [64.9, 67.7].
 
 Paper counterpart: Table 2, ZF-5 (a) no SPP: 35.99 / 14.76 top-1 / top-5 error on ImageNet.
 """

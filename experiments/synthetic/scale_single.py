@@ -6,8 +6,8 @@ sppnet_jax.configs.synthetic for every departure), so it trains on 2 CPU cores i
 Run:
   sppnet train --config experiments/synthetic/scale_single.py --workdir runs/scale_single
 
-Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 198 s with its evaluation),
-top-1 error % [95 % CI] on 4,500 validation images: crop 61.20 [59.8, 62.6], full 62.44 [61.0, 63.8].
+Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 141 s with its evaluation),
+top-1 error % [95 % CI] on 4,500 validation images: crop 61.76 [60.3, 63.2], full 60.93 [59.5, 62.3].
 
 Paper counterpart: Table 2, ZF-5 (b) SPP single-size: 34.98 / 14.14 top-1 / top-5 error on ImageNet.
 """

@@ -7,8 +7,8 @@ the standard runs are scored on, so the two are compared pairwise.
 Run:
   sppnet train --config experiments/synthetic/shift_multi.py --workdir runs/shift_multi
 
-Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 120 s with its evaluation),
-top-1 error % [95 % CI] on 4,500 validation images: crop 69.24 [67.9, 70.6], full 70.27 [68.9, 71.6].
+Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 104 s with its evaluation),
+top-1 error % [95 % CI] on 4,500 validation images: crop 68.69 [67.3, 70.0], full 69.07 [67.7, 70.4].
 
 Paper counterpart: none directly; Table 2, ZF-5 (c) SPP multi-size: 34.60 / 13.64 top-1 / top-5 error on ImageNet.
 """
