@@ -100,20 +100,30 @@ def kernel_weight_decay(weight_decay: float) -> optax.GradientTransformation:
   return optax.masked(optax.add_decayed_weights(float(weight_decay)), kernels)
 
 
-def _decay_and_direction(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
+def _direction(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   t = config.train
-  decay = kernel_weight_decay(t.weight_decay)
   if t.optimizer == "sgd":
-    return decay, optax.trace(decay=t.momentum)
+    return optax.trace(decay=t.momentum)
   if t.optimizer == "adam":
-    return decay, optax.scale_by_adam()
+    return optax.scale_by_adam()
   raise ValueError(f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}.")
 
 
 def legacy_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The optimizer of runs saved before the rate moved into optax (weight decay and direction only):
   its state's structure, to read the parameters of such a run."""
-  return optax.chain(*_decay_and_direction(config))
+  return optax.chain(kernel_weight_decay(config.train.weight_decay), _direction(config))
+
+
+def chain_optimizer(weight_decay: float, direction: optax.GradientTransformation, schedule: optax.Schedule,
+                    plateau: optax.GradientTransformationExtraArgs | None = None
+                    ) -> optax.GradientTransformationExtraArgs:
+  """The project's optimizer layout, shared by classification training and detection fine-tuning:
+  weight decay on kernels, ``direction``, the rate of ``schedule`` (in the state, so a drop never
+  recompiles), then the plateau rule's scale (``plateau``; None: a rule that never drops)."""
+  rate = optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=schedule)
+  plateau = plateau if plateau is not None else optax.contrib.reduce_on_plateau(min_scale=1.0)
+  return optax.chain(kernel_weight_decay(weight_decay), direction, rate, plateau_scaled(plateau))
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
@@ -128,10 +138,8 @@ def make_optimizer(config: ml_collections.ConfigDict,
   epoch, enough to build the state's structure).
   """
   t = config.train
-  decay, direction = _decay_and_direction(config)
   schedule = lr_schedule(config, [1] * int(t.num_epochs) if epoch_steps is None else epoch_steps)
-  rate = optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=schedule)
-  return optax.chain(decay, direction, rate, plateau_scaled(plateau_rule(config)))
+  return chain_optimizer(t.weight_decay, _direction(config), schedule, plateau_rule(config))
 
 
 def current_learning_rate(opt_state) -> Array:

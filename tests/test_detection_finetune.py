@@ -22,7 +22,7 @@ def _write(path, feature_value: float):
 
 def _f(**kw):
   f = detection_config().finetune
-  f.update(dict(batch_size=8, fg_fraction=0.25, pool_images=2, pool_steps=3, **kw))
+  f.update({**dict(batch_size=8, fg_fraction=0.25, pool_images=2, pool_steps=3), **kw})
   return f
 
 
@@ -40,21 +40,39 @@ def test_pools_stream_balanced_batches_from_a_few_images_at_a_time(tmp_path):
     _write(p, i)
   f = _f()
   assert finetune.count_windows(paths, f) == (5, 5)
-  pools = finetune.WindowPools(paths, f, seed=0)
-  sizes = []
-  for _, (x, y) in zip(range(4), pools.pools()):
-    sizes.append(len(y))
-    assert (y > 0).sum() == (y == 0).sum() == 2  # two images: one fg and one bg window each
-  assert sizes == [4] * 4
-  batches = iter(pools)
-  seen = set()
-  for _ in range(6):
-    x, y = next(batches)
+  sampler = finetune.PoolSampler.from_config(paths, f, seed=0)
+  assert sampler.pools_per_epoch == 3
+  order = np.random.default_rng((0, 1)).permutation(5)
+  for k, images in enumerate([order[:2], order[2:4], order[4:]]):
+    x, y = sampler((1, k))
+    assert x.dtype == np.float16 and x.shape == (3, 8, 4) and y.shape == (3, 8)
+    assert set(np.unique(x).tolist()) <= set(images.tolist())  # a pool reads only its own images
+    assert ((y == 3).sum(1) == 2).all() and ((y == 0).sum(1) == 6).all()  # 25 % foreground, of class 2 + 1
+  np.testing.assert_array_equal(sampler((1, 2))[0], sampler((1, 2))[0])  # seeded per pool, not per call
+  # 3 pools per epoch of 3 steps: 20 steps read 7 pools, the last in part; the same with worker processes.
+  batches = list(finetune.window_batches(paths, f, 0, 20))
+  assert len(batches) == 20
+  for x, y in batches:
     assert x.dtype == np.float32 and x.shape == (8, 4) and y.dtype == np.int32
-    assert (y == 3).sum() == 2 and (y == 0).sum() == 6  # 25 % foreground, of class 2 + 1
-    seen |= set(np.unique(x[:, 0]).tolist())
-    assert len(np.unique(x[:, 0])) <= 2  # rows of one pool: at most two images
-  assert len(seen) >= 3  # the next pool came in after pool_steps batches
+  expected = [sampler(divmod(p, 3))[0][s] for p in range(7) for s in range(3)][:20]
+  np.testing.assert_array_equal(np.stack([x for x, _ in batches]), np.stack(expected).astype(np.float32))
+  f.worker_count = 2
+  workers = list(finetune.window_batches(paths, f, 0, 20))
+  np.testing.assert_array_equal(np.stack([x for x, _ in workers]), np.stack([x for x, _ in batches]))
+
+
+def test_a_pool_without_background_reads_on_until_it_has_one(tmp_path):
+  paths = [tmp_path / f"{i:06d}.npz" for i in range(3)]
+  for i, p in enumerate(paths):
+    _write(p, i)
+  only_fg = np.array([[0, 0, 19, 19]] * 3, np.float32)
+  cache.atomic_savez(paths[0], windows=only_fg, num_gt=np.int64(1), pool5=np.full((3, 4), 0, np.float16),
+                     scale_index=np.zeros(3, np.int32), gt_boxes=only_fg[:1], gt_labels=np.array([2]),
+                     gt_difficult=np.array([False]), image_hw=np.array([100, 100]), id=np.asarray("x"))
+  sampler = finetune.PoolSampler.from_config(paths, _f(pool_images=1), seed=0)
+  k = int(np.flatnonzero(np.random.default_rng((0, 0)).permutation(3) == 0)[0])
+  x, y = sampler((0, k))
+  assert (y == 0).any() and len(np.unique(x)) == 2  # image 0 and the next one in the order
 
 
 def test_fine_tuning_lowers_the_loss_and_keeps_fc6_fc7_shapes(tmp_path):

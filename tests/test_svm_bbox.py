@@ -75,6 +75,27 @@ def test_svm_positives_from_windows_and_tuples():
     S.train_svms([(images[0][0], images[0][1], images[0][2], np.array([0, 5]))], K)
 
 
+def test_svm_negative_cache_cap_keeps_the_earliest_under_the_zero_model_then_bounds_the_cache():
+  """Before the first training every score is 0, so the cap keeps the earliest negatives (stable
+  order); the final SVM is then exactly liblinear on the positives and those negatives."""
+  rng = np.random.default_rng(5)
+  pos = rng.normal(3, 1, (4, D)).astype(np.float32)
+  gt = np.array([[0, 0, 40, 40]], np.float32)
+  far = np.array([[100, 100, 150, 150]] * 20, np.float32)  # IoU 0 with the GT: every window a negative
+  images = [S.ImageFeatures(rng.normal(0, 1, (20, D)).astype(np.float32), far, gt, np.array([0]),
+                            gt_features=pos[i:i + 1]) for i in range(3)]
+  svm = S.train_svms(images, 1, retrain_every=10**6, max_negatives=30, feature_scale=1.0)
+  assert svm.stats["hard_added"][0] == 60 and svm.stats["retrains"][0] == 1
+  kept = np.concatenate([images[0].features, images[1].features[:10]])
+  w, b = S._fit_one(pos[:3], kept, 0.001, 2.0, 10.0, 10000)
+  np.testing.assert_array_equal(svm.weights[:, 0], w)
+  assert svm.biases[0] == np.float32(b)
+  mined = S.train_svms(images, 1, retrain_every=10, max_negatives=12, feature_scale=1.0)
+  assert mined.stats["negatives"][0] <= 12 < mined.stats["hard_added"][0]
+  with pytest.raises(ValueError, match="max_negatives"):
+    S.train_svms(images, 1, max_negatives=0)
+
+
 def test_encode_decode_roundtrip():
   rng = np.random.default_rng(2)
   p, t = _random_boxes(rng, 100), _random_boxes(rng, 100)

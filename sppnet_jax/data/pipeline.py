@@ -79,7 +79,7 @@ def check_shard(shard: tuple[int, int], batch_size: int) -> tuple[int, int]:
   return index, count
 
 
-def _iterate(ds, *, worker_count: int, prefetch: int, rows_per_item: int):
+def iterate(ds, *, worker_count: int, prefetch: int, rows_per_item: int):
   """An iterator over a grain MapDataset: in this process (two threads) or in worker processes."""
   grain = _grain()
   if worker_count < 0:
@@ -194,7 +194,7 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
   # Local batch k of global step s is part s * count + index; the maps are lazy, so the other
   # processes' examples are never read here.
   ds = ds.slice(slice(start_step * count + index, n_steps * count, count))
-  return _iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=batch_size // count)
+  return iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=batch_size // count)
 
 
 def image_shapes(source: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -292,7 +292,7 @@ def full_train_batches(source: Sequence[dict[str, Any]], plan: Sequence[FullBatc
     mean = np.asarray(mean, np.float32).reshape(-1, 3).mean(0)
   transform = _FullTrainTransform(source, seed, epoch, pca_std, mean)
   ds = grain.MapDataset.source(plan).map(transform)
-  return _iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=1)
+  return iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -385,7 +385,7 @@ def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndar
   workers = _EVAL_WORKERS.get() if worker_count is None else int(worker_count)
   ds = grain.MapDataset.source(source).map_with_index(_EvalTransform(prepare))
   if workers > 0:
-    it = _iterate(ds, worker_count=workers, prefetch=2 * batch_size, rows_per_item=1)
+    it = iterate(ds, worker_count=workers, prefetch=2 * batch_size, rows_per_item=1)
   else:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
   if bucket is not None:
@@ -468,6 +468,6 @@ def estimate_mean_image(source: Sequence[dict[str, Any]], n: int, crop_size: int
   indices = rng.choice(len(source), size=min(n, len(source)), replace=False)
   ds = grain.MapDataset.source([int(i) for i in indices]).map(_MeanCrop(source, seed, crop_size, short_side))
   total = np.zeros((crop_size, crop_size, 3), np.float64)
-  for x in _iterate(ds, worker_count=worker_count, prefetch=4, rows_per_item=1):  # in the order of ``indices``
+  for x in iterate(ds, worker_count=worker_count, prefetch=4, rows_per_item=1):  # in the order of ``indices``
     total += x
   return (total / len(indices)).astype(np.float32)

@@ -75,6 +75,8 @@ def detection_config(dataset: str = "synthetic", trunk_workdir: str = "", scales
   c.finetune.log_every = 1000
   c.finetune.pool_images = 64  # images whose usable windows are in memory at once (streamed from the cache)
   c.finetune.pool_steps = 32  # mini-batches drawn from one pool before the next pool is read
+  c.finetune.worker_count = 0  # grain worker processes reading pools ahead (0: two threads of the training process)
+  c.finetune.prefetch = 2  # pools buffered ahead of the step
 
   c.svm = ml_collections.ConfigDict()
   c.svm.C = 0.001
@@ -82,6 +84,8 @@ def detection_config(dataset: str = "synthetic", trunk_workdir: str = "", scales
   c.svm.bias_multiplier = 10.0
   c.svm.negative_iou = 0.3
   c.svm.retrain_every = 2000
+  c.svm.max_negatives = 20000  # hard negatives a class's cache holds at most (the hardest kept); bounds memory
+  c.svm.read_images = 16  # cached images whose fc7 is computed in one batched call while mining
   c.svm.target_norm = 20.0
 
   c.bbox = ml_collections.ConfigDict()

@@ -6,11 +6,12 @@ are unused. The background class exists only here: the fc8 output 0 is backgroun
 class c is output c + 1 (``finetune_class``); nothing outside this module sees that index.
 
 Memory does not grow with the number of images. A first pass reads only the windows and GT of each
-cached image (not its features) to count the usable windows. Then :class:`WindowPools` streams the
-features: images in a seeded order (a new permutation per pass), ``pool_images`` at a time, their
-usable rows kept in the cache's 16-bit dtype; ``pool_steps`` mini-batches are drawn from a pool
-(``batch_size`` rows, ``fg_fraction`` of them positives, uniformly with replacement within the
-pool), then the next pool is read.
+cached image (not its features) to count the usable windows. Then :func:`window_batches` streams
+the features through grain: its transform (:class:`PoolSampler`) reads a pool of ``pool_images``
+images in a seeded order (a new permutation per epoch), keeps their usable rows in the cache's
+16-bit dtype and draws ``pool_steps`` mini-batches from them (``batch_size`` rows, ``fg_fraction``
+of them positives, uniformly with replacement within the pool); pools are read ahead in worker
+processes or threads while the device trains.
 
 The optimizer is the paper's (weight decay on kernels added to the gradient, heavy-ball momentum,
 a step learning-rate schedule inside the optimizer state, so a drop never recompiles) and the
@@ -21,9 +22,12 @@ each ``log_every`` boundary, where a non-finite one stops the run.
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,8 +36,10 @@ import optax
 
 from sppnet_jax import models
 from sppnet_jax.detection import boxes as box_ops
+from sppnet_jax.data.pipeline import iterate
 from sppnet_jax.detection import cache
-from sppnet_jax.state import TrainState, kernel_weight_decay
+from sppnet_jax.state import TrainState, chain_optimizer
+from sppnet_jax.train import make_train_step
 
 BACKGROUND = 0
 UNUSED = -1
@@ -78,55 +84,84 @@ def count_windows(paths: Sequence, f: ml_collections.ConfigDict) -> tuple[int, i
   return fg, bg
 
 
-class WindowPools:
-  """Fine-tuning mini-batches streamed from the cache (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class PoolSampler:
+  """The grain transform of fine-tuning: pool ``(epoch, k)`` of the cached images -> its
+  ``pool_steps`` fg/bg-balanced mini-batches, ``(features (S, B, D) in the cache's dtype, fc8
+  targets (S, B) int32)``.
 
-  Iterating yields ``(features float32 (B, D), fc8 targets int32 (B,))`` forever.
+  Epoch ``e`` visits the images in the permutation seeded by ``(seed, e)``; pool ``k`` holds its
+  images ``k * pool_images`` to ``(k + 1) * pool_images`` (the last pool of an epoch may be
+  smaller), extended by the following images of the permutation (wrapping round) until it holds a
+  foreground and a background window. Rows are drawn uniformly with replacement within the pool
+  from a generator seeded by ``(seed, e, k)``, so a pool's batches do not depend on which worker
+  or thread built it.
   """
+  paths: tuple
+  fg_iou: float
+  bg_low: float
+  bg_high: float
+  pool_images: int
+  pool_steps: int
+  n_fg: int
+  n_bg: int
+  seed: int
 
-  def __init__(self, paths: Sequence, f: ml_collections.ConfigDict, seed: int):
+  @classmethod
+  def from_config(cls, paths: Sequence, f: ml_collections.ConfigDict, seed: int) -> "PoolSampler":
     if not len(paths):
       raise ValueError("fine-tuning needs at least one cached training image.")
-    self.paths, self.f = list(paths), f
-    self.pool_images, self.pool_steps = int(f.pool_images), int(f.pool_steps)
-    if self.pool_images < 1 or self.pool_steps < 1:
-      raise ValueError(f"finetune.pool_images and finetune.pool_steps must be >= 1; got {self.pool_images}, "
-                       f"{self.pool_steps}.")
-    self.n_fg = max(1, int(round(int(f.batch_size) * float(f.fg_fraction))))
-    self.n_bg = int(f.batch_size) - self.n_fg
-    self.rng = np.random.default_rng(seed)
+    if int(f.pool_images) < 1 or int(f.pool_steps) < 1:
+      raise ValueError(f"finetune.pool_images and finetune.pool_steps must be >= 1; got {f.pool_images}, "
+                       f"{f.pool_steps}.")
+    n_fg = max(1, int(round(int(f.batch_size) * float(f.fg_fraction))))
+    return cls(tuple(str(p) for p in paths), float(f.fg_iou), float(f.bg_iou_low), float(f.bg_iou_high),
+               int(f.pool_images), int(f.pool_steps), n_fg, int(f.batch_size) - n_fg, int(seed))
 
-  def _images(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(usable rows' features, their targets) per image, in a seeded order that changes every pass."""
-    while True:
-      for i in self.rng.permutation(len(self.paths)):
-        c = cache.read(self.paths[i])
-        lab = window_labels(c["windows"], c["gt_boxes"], c["gt_labels"], c["gt_difficult"], float(self.f.fg_iou),
-                            float(self.f.bg_iou_low), float(self.f.bg_iou_high))
-        rows = np.flatnonzero(lab != UNUSED)
-        yield c["pool5"][rows], lab[rows]
+  @property
+  def pools_per_epoch(self) -> int:
+    return -(-len(self.paths) // self.pool_images)
 
-  def pools(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pools of at least ``pool_images`` images holding at least one foreground and one background window."""
-    images = self._images()
-    while True:
-      xs, ys, n = [], [], 0
-      while n < self.pool_images or not (any((y > BACKGROUND).any() for y in ys) and
-                                         any((y == BACKGROUND).any() for y in ys)):
-        x, y = next(images)
-        xs.append(x), ys.append(y)
-        n += 1
-        if n > self.pool_images + len(self.paths):
-          raise ValueError("the cached training images have no foreground or no background window: cannot "
-                           "fine-tune.")
-      yield np.concatenate(xs), np.concatenate(ys)
+  def _usable(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    c = cache.read(pathlib.Path(self.paths[i]))
+    lab = window_labels(c["windows"], c["gt_boxes"], c["gt_labels"], c["gt_difficult"], self.fg_iou, self.bg_low,
+                        self.bg_high)
+    rows = np.flatnonzero(lab != UNUSED)
+    return c["pool5"][rows], lab[rows]
 
-  def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for x, y in self.pools():
-      fg, bg = np.flatnonzero(y > BACKGROUND), np.flatnonzero(y == BACKGROUND)
-      for _ in range(self.pool_steps):
-        rows = np.concatenate([self.rng.choice(fg, self.n_fg), self.rng.choice(bg, self.n_bg)])
-        yield x[rows].astype(np.float32), y[rows].astype(np.int32)
+  def __call__(self, pool: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    epoch, k = (int(v) for v in pool)
+    order = np.random.default_rng((self.seed, epoch)).permutation(len(self.paths))
+    xs, ys, j = [], [], k * self.pool_images
+    end = min(j + self.pool_images, len(order))
+    while j < end or not (any((y > BACKGROUND).any() for y in ys) and any((y == BACKGROUND).any() for y in ys)):
+      if len(xs) >= len(order):
+        raise ValueError("the cached training images have no foreground or no background window: cannot "
+                         "fine-tune.")
+      x, y = self._usable(int(order[j % len(order)]))
+      xs.append(x), ys.append(y)
+      j += 1
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    rng = np.random.default_rng((self.seed, epoch, k))
+    rows = np.concatenate([rng.choice(np.flatnonzero(y > BACKGROUND), (self.pool_steps, self.n_fg)),
+                           rng.choice(np.flatnonzero(y == BACKGROUND), (self.pool_steps, self.n_bg))], axis=1)
+    return x[rows], y[rows].astype(np.int32)
+
+
+def window_batches(paths: Sequence, f: ml_collections.ConfigDict, seed: int,
+                   steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """``steps`` mini-batches ``(features float32 (B, D), fc8 targets int32 (B,))`` streamed from the
+  cache: grain maps :class:`PoolSampler` over the pools, read ahead by ``finetune.worker_count``
+  processes (0: two threads of this one) with ``finetune.prefetch`` pools buffered."""
+  sampler = PoolSampler.from_config(paths, f, seed)
+  pools = -(-int(steps) // sampler.pool_steps)
+  plan = [divmod(p, sampler.pools_per_epoch) for p in range(pools)]
+  ds = grain.MapDataset.source(plan).map(sampler)
+  done = 0
+  for x, y in iterate(ds, worker_count=int(f.worker_count), prefetch=int(f.prefetch), rows_per_item=1):
+    for s in range(min(len(y), int(steps) - done)):
+      yield x[s].astype(np.float32), y[s]
+    done += len(y)
 
 
 def init_finetune_head(trunk_head: Any, num_classes: int, fc8_std: float, seed: int) -> dict:
@@ -137,33 +172,12 @@ def init_finetune_head(trunk_head: Any, num_classes: int, fc8_std: float, seed: 
           "fc8": {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}}
 
 
-def make_optimizer(f: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Weight decay on kernels, heavy-ball momentum, then ``-lr`` from the step schedule of ``f``
-  (``lr`` times ``lr_decay`` after each of ``lr_boundaries``)."""
+def make_optimizer(f: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+  """The training code's optimizer layout (``state.chain_optimizer``): weight decay on kernels,
+  heavy-ball momentum, then the step schedule of ``f`` (``lr`` times ``lr_decay`` after each of
+  ``lr_boundaries``)."""
   schedule = optax.piecewise_constant_schedule(float(f.lr), {int(b): float(f.lr_decay) for b in f.lr_boundaries})
-  return optax.chain(kernel_weight_decay(f.weight_decay), optax.trace(decay=float(f.momentum)),
-                     optax.scale_by_learning_rate(schedule))
-
-
-def make_step(head: models.Head, tx: optax.GradientTransformation):
-  """(state, features (B, D), targets (B,), key) -> (state, metrics); jitted. Dropout draws from
-  ``fold_in(key, step)``; a non-finite loss or gradient leaves the state unchanged."""
-
-  @jax.jit
-  def step(state: TrainState, x, y, key):
-    def loss_fn(params):
-      logits = head.apply({"params": params}, x, True, rngs={"dropout": jax.random.fold_in(key, state.step)})
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
-
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new = TrainState(step=state.step + 1, params=keep(optax.apply_updates(state.params, updates), state.params),
-                     opt_state=keep(opt_state, state.opt_state))
-    return new, {"loss": loss, "top1_error": jnp.mean(jnp.argmax(logits, -1) != y), "finite": finite}
-
-  return step
+  return chain_optimizer(float(f.weight_decay), optax.trace(decay=float(f.momentum)), schedule)
 
 
 def finetune_head(batches: Iterator[tuple[np.ndarray, np.ndarray]], trunk_head: Any, num_classes: int,
@@ -171,7 +185,7 @@ def finetune_head(batches: Iterator[tuple[np.ndarray, np.ndarray]], trunk_head: 
                   writer=None) -> tuple[dict, dict]:
   """Fine-tunes fc6, fc7 and a new ``num_classes``-way fc8 (K + 1) on ``batches`` for ``finetune.steps``.
 
-  ``batches`` yields ``(features (B, D), fc8 targets (B,))`` (a :class:`WindowPools`). Returns
+  ``batches`` yields ``(features (B, D), fc8 targets (B,))`` (:func:`window_batches`). Returns
   ``(params, stats)``; a non-finite loss raises FloatingPointError at the next log boundary.
   """
   f = config.finetune
@@ -180,7 +194,7 @@ def finetune_head(batches: Iterator[tuple[np.ndarray, np.ndarray]], trunk_head: 
   tx = make_optimizer(f)
   params = init_finetune_head(trunk_head, num_classes, float(f.fc8_std), int(config.seed))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  step = make_step(head, tx)
+  step = jax.jit(make_train_step(head, tx))
   key = jax.random.key(int(config.seed) + 1)
   steps, every = int(f.steps), max(1, int(f.log_every))
   pending, last, start = [], {}, time.time()
@@ -215,6 +229,6 @@ def finetune_from_cache(paths: Sequence, trunk_head: Any, num_fg: int, config: m
                      "cannot fine-tune. Use more proposals per image or more images.")
   log(f"  fine-tuning on {n_fg} foreground and {n_bg} background windows of {len(paths)} images, streamed "
       f"{int(f.pool_images)} images at a time")
-  params, stats = finetune_head(iter(WindowPools(paths, f, int(config.seed))), trunk_head, num_fg + 1, config, log,
-                                writer)
+  batches = window_batches(paths, f, int(config.seed), int(f.steps))
+  params, stats = finetune_head(batches, trunk_head, num_fg + 1, config, log, writer)
   return params, {**stats, "fg_windows": n_fg, "bg_windows": n_bg}

@@ -18,7 +18,8 @@ The config is :func:`~sppnet_jax.detection.config.detection_config`; the trunk c
 :mod:`~sppnet_jax.detection.trunk`; the trained parts together are a
 :class:`~sppnet_jax.detection.system.DetectionSystem` (``DetectionSystem.restore(workdir).detect(image)``);
 drawing is in :mod:`~sppnet_jax.detection.visualize`. Every stage reads the feature cache one image
-(or one pool of images) at a time, so memory does not grow with the number of images.
+(or one pool of images, or one read of ``svm.read_images``) at a time, and the SVMs' hard-negative
+caches are capped (``svm.max_negatives``), so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from typing import Any, Callable
 
 import ml_collections
+import numpy as np
 
 from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.detection import bbox_regression, cache, data as det_data, finetune
@@ -86,17 +88,29 @@ def _sources(config: ml_collections.ConfigDict):
   return get(config.train_split, config.get("num_train")), get(config.test_split, config.get("num_test"))
 
 
-def _svm_images(paths, head, window_batch: int):
-  """One lazily read training image per cached file: fine-tuned fc7 of its proposals and GT boxes."""
-  def image(p: pathlib.Path) -> Callable[[], svm_lib.ImageFeatures]:
-    def load() -> svm_lib.ImageFeatures:
-      c = cache.read(p)
-      g = int(c["num_gt"])
-      fc7 = feats.fc7_features(head, c["pool5"], window_batch)
-      return svm_lib.ImageFeatures(fc7[g:], c["windows"][g:], c["gt_boxes"], c["gt_labels"], c["gt_difficult"],
-                                   fc7[:g])
-    return load
-  return [image(p) for p in paths]
+class CachedFc7Images:
+  """The SVM training images of a cached split, read ``read_images`` files at a time: the fine-tuned
+  fc7 of a read's windows is computed in one batched call, then each image is yielded as an
+  ``svm.ImageFeatures`` (proposals as windows, GT boxes' fc7 as ``gt_features``). Sized and
+  iterable any number of times; holds one read's features at a time."""
+
+  def __init__(self, paths, head, window_batch: int, read_images: int):
+    if read_images < 1:
+      raise ValueError(f"svm.read_images must be >= 1; got {read_images}.")
+    self.paths, self.head, self.window_batch, self.read_images = list(paths), head, window_batch, read_images
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __iter__(self):
+    for start in range(0, len(self.paths), self.read_images):
+      cached = [cache.read(p) for p in self.paths[start:start + self.read_images]]
+      fc7 = feats.fc7_features(self.head, np.concatenate([c["pool5"] for c in cached]), self.window_batch)
+      ends = np.cumsum([len(c["pool5"]) for c in cached])
+      for c, rows in zip(cached, np.split(fc7, ends[:-1])):
+        g = int(c["num_gt"])
+        yield svm_lib.ImageFeatures(rows[g:], c["windows"][g:], c["gt_boxes"], c["gt_labels"], c["gt_difficult"],
+                                    rows[:g])
 
 
 def _bbox_images(paths):
@@ -146,9 +160,10 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
   s = config.svm
 
   def run_svms():
-    svms = svm_lib.train_svms(_svm_images(train_paths, head, batch), len(names), C=float(s.C),
-                              positive_weight=float(s.positive_weight), bias_multiplier=float(s.bias_multiplier),
-                              negative_iou=float(s.negative_iou), retrain_every=int(s.retrain_every),
+    images = CachedFc7Images(train_paths, head, batch, int(s.read_images))
+    svms = svm_lib.train_svms(images, len(names), C=float(s.C), positive_weight=float(s.positive_weight),
+                              bias_multiplier=float(s.bias_multiplier), negative_iou=float(s.negative_iou),
+                              retrain_every=int(s.retrain_every), max_negatives=s.max_negatives,
                               target_norm=float(s.target_norm), seed=int(config.seed))
     system_lib.save_part(workdir, "svms", svms)
     return svms

@@ -1,8 +1,9 @@
 """Per-class linear SVMs on region features with hard-negative mining (the R-CNN/SPP-net recipe).
 
 Training data are given per image, as an :class:`ImageFeatures` (or a tuple with its fields in
-order, or a zero-argument callable returning either, so that features can be loaded lazily;
-each image is fetched twice: once for positives, once for mining):
+order, or a zero-argument callable returning either, so that features can be loaded lazily), in
+any sized collection that can be iterated twice (once for positives, once for mining; a reader
+that loads several images per read, as the detection pipeline's, is such a collection):
 
 * ``features`` (R, D): features of R candidate windows (e.g. fc7 after ReLU);
 * ``boxes`` (R, 4): those windows, pixel ``[x1, y1, x2, y2]``;
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Callable, Sequence, Union
+from typing import Callable, Collection, Union
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -125,10 +126,11 @@ def _fit_one(pos: np.ndarray, neg: np.ndarray, C: float, positive_weight: float,
   return svc.coef_[0].astype(np.float32), float(svc.intercept_[0])
 
 
-def train_svms(per_image: Sequence[ImageSource], num_classes: int, C: float = 0.001,
+def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 0.001,
                positive_weight: float = 2.0, bias_multiplier: float = 10.0, negative_iou: float = 0.3,
                positive_iou: float = 1.0 - 1e-6, hard_threshold: float = -1.0001,
-               easy_threshold: float = -1.2, retrain_every: int = 2000, target_norm: float = 20.0,
+               easy_threshold: float = -1.2, retrain_every: int = 2000, max_negatives: int | None = 20000,
+               target_norm: float = 20.0,
                feature_scale: float | None = None, scale_sample_images: int = 100, max_iter: int = 10000,
                seed: int = 0) -> LinearSVMs:
   """Trains one linear SVM per class with hard-negative mining (see the module docstring).
@@ -141,6 +143,7 @@ def train_svms(per_image: Sequence[ImageSource], num_classes: int, C: float = 0.
     positive_iou: when ``gt_features`` is absent, windows at or above this IoU with a
       non-difficult GT are that GT's positive features.
     hard_threshold, easy_threshold, retrain_every: mining settings.
+    max_negatives: the most negatives a class's cache holds (None: unbounded, as R-CNN).
     target_norm: mean L2 norm after scaling. feature_scale: use this scale instead of estimating it.
     scale_sample_images: how many (seeded, random) images the scale is estimated on.
     max_iter: LinearSVC iteration cap. seed: seed of the image sample.
@@ -155,6 +158,8 @@ def train_svms(per_image: Sequence[ImageSource], num_classes: int, C: float = 0.
     raise ValueError(f"num_classes must be >= 1; got {num_classes}.")
   if retrain_every < 1:
     raise ValueError(f"retrain_every must be >= 1; got {retrain_every}.")
+  if max_negatives is not None and max_negatives < 1:
+    raise ValueError(f"max_negatives must be >= 1 or None (unbounded); got {max_negatives}.")
   sample = set(np.random.default_rng(seed).permutation(n_img)[:scale_sample_images].tolist())
 
   # Pass 1: positives and the feature-scale sample.
@@ -220,6 +225,9 @@ def train_svms(per_image: Sequence[ImageSource], num_classes: int, C: float = 0.
       hard_added[c] += len(rows)
       if pending[c] >= retrain_every:
         retrain(c)
+      if max_negatives is not None and len(cache_x[c]) > max_negatives:
+        hardest = np.argsort(-(cache_x[c] @ weights[:, c]), kind="stable")[:max_negatives]
+        cache_x[c] = cache_x[c][np.sort(hardest)]
   for c in range(num_classes):
     if len(pos[c]) == 0:
       warnings.warn(f"class {c} has no positive (non-difficult GT) examples; its SVM is left at zero.",
