@@ -74,6 +74,23 @@ def _as_str(value: Any) -> str:
   return str(value)
 
 
+def open_tfds(name: str, split: str, data_dir: str | None) -> Sequence[Any]:
+  """A prepared TFDS dataset's split through ``tfds.data_source`` (array_record, random access, no
+  TensorFlow at read time; never downloads). Every TFDS reader of the project opens its data here."""
+  try:
+    import tensorflow_datasets as tfds  # lazy: optional on some machines
+  except ImportError as e:
+    raise ImportError(f'reading the TFDS dataset {name!r} needs tensorflow-datasets; '
+                      'install it with `pip install tensorflow-datasets`') from e
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # tfds raises several types for a missing dataset
+    raise FileNotFoundError(
+        f'TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir={data_dir!r} '
+        f'({type(e).__name__}: {e}). Prepare it first with TensorFlow installed (`tfds build {name}`; '
+        'manual_dir for imagenet2012, see the README) or pass the right data_dir.') from e
+
+
 class TfdsClassificationSource:
   """A TFDS ``data_source`` whose examples are reduced to ``{'image', 'label'}``.
 
@@ -86,18 +103,7 @@ class TfdsClassificationSource:
   def __init__(self, name: str, split: str, data_dir: str | None = None,
                data_source: Sequence[Any] | None = None):
     if data_source is None:
-      try:
-        import tensorflow_datasets as tfds  # lazy: optional on some machines
-      except ImportError as e:
-        raise ImportError(f'reading the TFDS dataset {name!r} needs tensorflow-datasets; '
-                          'install it with `pip install tensorflow-datasets`') from e
-      try:
-        data_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-      except Exception as e:  # tfds raises several types for a missing dataset
-        raise FileNotFoundError(
-          f'TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir={data_dir!r} '
-          f'({type(e).__name__}: {e}). Prepare it first (see the README: tfds build with '
-          'TensorFlow installed, manual_dir for imagenet2012) or pass the right data_dir.') from e
+      data_source = open_tfds(name, split, data_dir)
     self.name, self.split, self._source = name, split, data_source
 
   def __len__(self) -> int:

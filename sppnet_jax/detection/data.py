@@ -122,16 +122,7 @@ class VocDetectionSource:
   def __init__(self, split: str, data_dir: str | None = None, data_source: Sequence[Any] | None = None,
                num_examples: int | None = None):
     if data_source is None:
-      try:
-        import tensorflow_datasets as tfds  # lazy: optional dependency
-      except ImportError as e:
-        raise ImportError("reading voc/2007 needs tensorflow-datasets: pip install tensorflow-datasets") from e
-      try:
-        data_source = tfds.data_source("voc/2007", split=split, data_dir=data_dir, download=False)
-      except Exception as e:  # tfds raises several types for a missing dataset
-        raise FileNotFoundError(
-            f"TFDS voc/2007 (split {split!r}) is not prepared in data_dir={data_dir!r} ({type(e).__name__}: {e}). "
-            "Prepare it with TensorFlow installed (tfds build voc/2007) or pass the right data_dir.") from e
+      data_source = data_sources.open_tfds("voc/2007", split, data_dir)
     self.split, self._source = split, data_source
     self._n = len(data_source) if num_examples is None else min(int(num_examples), len(data_source))
     self.class_names = VOC_CLASS_NAMES

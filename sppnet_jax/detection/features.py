@@ -41,6 +41,7 @@ import numpy as np
 
 from sppnet_jax import models, ops
 from sppnet_jax.data import augment
+from sppnet_jax.data.pipeline import bucket_shape
 
 PAPER_SCALES_5 = (480, 576, 688, 864, 1200)
 PAPER_SCALES_1 = (688,)
@@ -173,11 +174,6 @@ def scale_windows(windows: Any, image_hw: Sequence[int], new_hw: Sequence[int]) 
   return (w * np.array([fx, fy, fx, fy])).astype(np.float32)
 
 
-def bucket_hw(hw: Sequence[int], multiple: int) -> tuple[int, int]:
-  """Each side rounded up to a multiple of ``multiple``."""
-  return tuple(int(-(-int(x) // multiple) * multiple) for x in hw)
-
-
 def input_mean(settings: FeatureSettings) -> np.ndarray | str:
   """``settings.mean`` in the form ``augment.normalize`` takes."""
   return settings.mean if isinstance(settings.mean, str) else np.asarray(settings.mean, np.float32)
@@ -191,7 +187,7 @@ def prepare_image(image: np.ndarray, scale: int, settings: FeatureSettings) -> t
   resized = augment.resize_short_side(image, int(scale))
   h, w = resized.shape[:2]
   x = augment.normalize(resized, input_mean(settings), settings.norm_scale)
-  hb, wb = bucket_hw((h, w), settings.size_multiple)
+  hb, wb = bucket_shape(h, w, settings.size_multiple)
   out = np.zeros((hb, wb, 3), np.float32)
   out[:h, :w] = x
   return out, (h, w)

@@ -25,6 +25,7 @@ import numpy as np
 
 from sppnet_jax import models
 from sppnet_jax.data import augment
+from sppnet_jax.data.pipeline import bucket_shape
 from sppnet_jax.detection import features as feats
 
 
@@ -70,7 +71,7 @@ def rcnn_pool5(model: models.SPPNet, params: Any, image: jax.Array, windows: jax
 def prepare_rcnn_image(image: np.ndarray, settings: feats.FeatureSettings) -> np.ndarray:
   """Normalised image, edge-padded to its bucket shape (so bilinear samples at the border stay inside)."""
   x = augment.normalize(image, feats.input_mean(settings), settings.norm_scale)
-  hb, wb = feats.bucket_hw(x.shape[:2], settings.size_multiple)
+  hb, wb = bucket_shape(*x.shape[:2], settings.size_multiple)
   return np.pad(x, ((0, hb - x.shape[0]), (0, wb - x.shape[1]), (0, 0)), mode="edge")
 
 

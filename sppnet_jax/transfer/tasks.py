@@ -57,19 +57,6 @@ def multilabel_targets(labels: Sequence[int], difficult: Sequence[bool], num_cla
   return t
 
 
-def _tfds_data_source(name: str, split: str, data_dir: str | None):
-  try:
-    import tensorflow_datasets as tfds  # lazy: only the TFDS tasks need it
-  except ImportError as e:
-    raise ImportError(f"the {name} transfer task reads TFDS; install tensorflow-datasets.") from e
-  try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:  # tfds raises several types for a missing dataset
-    raise FileNotFoundError(f"TFDS {name!r} (split {split!r}) is not prepared in data_dir={data_dir!r} "
-                            f"({type(e).__name__}: {e}). Build it with TensorFlow installed "
-                            f"(`tfds build {name}`) or pass the right data_dir.") from e
-
-
 class _ImageRecords:
   """Raw TFDS records with a placeholder ``label`` so the classification reader decodes their images."""
 
@@ -88,7 +75,7 @@ def voc2007(data_dir: str | None = None, train_split: str = "train+validation", 
   boxes' labels and difficult flags."""
   images, targets = {}, {}
   for split, tfds_split in (("train", train_split), ("test", test_split)):
-    records = _tfds_data_source("voc/2007", tfds_split, data_dir)
+    records = sources.open_tfds("voc/2007", tfds_split, data_dir)
     rows = []
     for i in range(len(records)):
       objects = records[i]["objects"]
@@ -118,7 +105,7 @@ def caltech101(data_dir: str | None = None) -> Task:
   the protocol's random splits can draw from every image."""
   parts, labels = [], []
   for split in ("train", "test"):
-    records = _tfds_data_source("caltech101", split, data_dir)
+    records = sources.open_tfds("caltech101", split, data_dir)
     labels.append(np.array([int(np.asarray(records[i]["label"])) for i in range(len(records))], np.int64))
     parts.append(sources.TfdsClassificationSource("caltech101", split, data_source=records))
   return Task("caltech101", "split", tuple(str(i) for i in range(CALTECH_CLASSES)), {"pool": _Concat(parts)},
