@@ -154,3 +154,26 @@ def test_histograms_drop_the_no_vote_code_and_normalise_each_region():
   codes = np.array([[0, 3], [1, 3], [2, 2], [2, 0], [3, 3], [1, 1]], np.int32)  # bins = 3, code 3 = no vote
   hist = _histograms(labels, 3, codes, 3)
   np.testing.assert_allclose(hist, [[0.5, 0.5, 0.0], [0.25, 0.0, 0.75], [0.0, 1.0, 0.0]])
+
+
+def test_texture_histogram_matches_the_definition_pixel_by_pixel():
+  """Each channel's Gaussian derivatives steered to 8 orientations k * 45 deg; a pixel votes for
+  orientation k where the response is positive, into one of 10 bins over [0, the channel's largest
+  gradient magnitude]. Counted here pixel by pixel, with orientation k + 4 as the negated k."""
+  from scipy import ndimage
+  from sppnet_jax.detection.proposals import _histograms, _texture_codes
+  img = np.random.default_rng(0).integers(0, 256, (9, 11, 3)).astype(np.uint8)
+  expected = np.zeros(240)
+  for ch in range(3):
+    x = img[:, :, ch].astype(np.float32)
+    gx, gy = ndimage.gaussian_filter(x, 1.0, order=(0, 1)), ndimage.gaussian_filter(x, 1.0, order=(1, 0))
+    top = float(np.sqrt(gx * gx + gy * gy).max())
+    for r in range(9):
+      for c in range(11):
+        for k in range(8):
+          a = (k % 4) * np.pi / 4
+          resp = (np.cos(a) * gx[r, c] + np.sin(a) * gy[r, c]) * (1 if k < 4 else -1)
+          if resp > 0:
+            expected[(ch * 8 + k) * 10 + min(int(resp * 10 / top), 9)] += 1
+  hist = _histograms(np.zeros((9, 11), np.int64), 1, _texture_codes(img), 240)[0]
+  np.testing.assert_allclose(hist, expected / expected.sum(), atol=1e-12)

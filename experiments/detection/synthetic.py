@@ -34,4 +34,5 @@ def get_config(trunk_workdir: str = ""):
   c.finetune.log_every = 250
   c.finetune.dropout = 0.0  # the synthetic classification trunks train without dropout
   c.svm.retrain_every = 500
+  c.svm.max_negatives = 2000  # the scenes' 512-d fc7 and 12 classes: at most 49 MB of cached negatives
   return c

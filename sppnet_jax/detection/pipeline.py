@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import time
 from typing import Any, Callable
 
@@ -78,8 +79,15 @@ def stage(name: str, output: pathlib.Path, run: Callable[[], Any], load: Callabl
     return load()
   start = time.time()
   value = run()
-  log(f"{name}: wrote {output} ({time.time() - start:.1f} s)")
+  log(f"{name}: wrote {output} ({time.time() - start:.1f} s; peak memory so far {peak_rss_gib():.2f} GiB)")
   return value
+
+
+def peak_rss_gib() -> float:
+  """This process's peak resident set size so far (``getrusage``), in GiB."""
+  import resource
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+  return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def _sources(config: ml_collections.ConfigDict):
@@ -141,6 +149,7 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
   test_paths = cache.cache_split(config, trunk, test_src, cache.split_dir(workdir, config, trunk, "test"), False,
                                  cache.precomputed_proposals(config, "test"), log)
   t_cache = time.time() - t0
+  log(f"features: {t_cache:.1f} s; peak memory so far {peak_rss_gib():.2f} GiB")
   part = lambda p: system_lib.part_path(workdir, p)
   ft_stats: dict[str, Any] = {}
 
@@ -164,7 +173,7 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
     svms = svm_lib.train_svms(images, len(names), C=float(s.C), positive_weight=float(s.positive_weight),
                               bias_multiplier=float(s.bias_multiplier), negative_iou=float(s.negative_iou),
                               retrain_every=int(s.retrain_every), max_negatives=s.max_negatives,
-                              target_norm=float(s.target_norm), seed=int(config.seed))
+                              target_norm=float(s.target_norm), seed=int(config.seed), log=log)
     system_lib.save_part(workdir, "svms", svms)
     return svms
 

@@ -79,20 +79,27 @@ def colour_image(rgb: np.ndarray, space: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- region features
 
 def _texture_codes(img: np.ndarray) -> np.ndarray:
-  """Per-pixel texture bin codes, (H*W, 3*8) int32 in [0, 240), or 240 where no vote."""
+  """Per-pixel texture bin codes, (H*W, 3*4) int32 in [0, 240), or 240 where no vote.
+
+  Orientation ``k + 4`` is orientation ``k`` turned by 180 degrees, so its response is exactly the
+  negated one: of each such pair at most the one with a positive response votes, and one code per
+  pair and channel holds that vote (half the codes of one per orientation, the same histogram).
+  """
   h, w, c = img.shape
+  half = TEXTURE_ORIENTATIONS // 2
   no_vote = c * TEXTURE_ORIENTATIONS * TEXTURE_BINS
-  codes = np.empty((h * w, c * TEXTURE_ORIENTATIONS), np.int32)
-  angles = np.arange(TEXTURE_ORIENTATIONS) * (2 * np.pi / TEXTURE_ORIENTATIONS)
+  codes = np.empty((h * w, c * half), np.int32)
+  angles = np.arange(half) * (2 * np.pi / TEXTURE_ORIENTATIONS)
   for ch in range(c):
     x = img[:, :, ch].astype(np.float32)
     gx = ndimage.gaussian_filter(x, 1.0, order=(0, 1)).reshape(-1)
     gy = ndimage.gaussian_filter(x, 1.0, order=(1, 0)).reshape(-1)
     top = float(np.sqrt(gx * gx + gy * gy).max())
     resp = np.cos(angles)[None, :] * gx[:, None] + np.sin(angles)[None, :] * gy[:, None]
-    bins = np.minimum((resp * (TEXTURE_BINS / max(top, 1e-12))).astype(np.int32), TEXTURE_BINS - 1)
-    base = ((ch * TEXTURE_ORIENTATIONS + np.arange(TEXTURE_ORIENTATIONS)) * TEXTURE_BINS).astype(np.int32)
-    codes[:, ch * TEXTURE_ORIENTATIONS:(ch + 1) * TEXTURE_ORIENTATIONS] = np.where(resp > 0, base + bins, no_vote)
+    bins = np.minimum((np.abs(resp) * (TEXTURE_BINS / max(top, 1e-12))).astype(np.int32), TEXTURE_BINS - 1)
+    orientation = np.where(resp > 0, np.arange(half, dtype=np.int32), np.arange(half, dtype=np.int32) + half)
+    codes[:, ch * half:(ch + 1) * half] = np.where(
+        resp != 0, (ch * TEXTURE_ORIENTATIONS + orientation) * TEXTURE_BINS + bins, no_vote)
   return codes
 
 

@@ -129,10 +129,10 @@ def _fit_one(pos: np.ndarray, neg: np.ndarray, C: float, positive_weight: float,
 def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 0.001,
                positive_weight: float = 2.0, bias_multiplier: float = 10.0, negative_iou: float = 0.3,
                positive_iou: float = 1.0 - 1e-6, hard_threshold: float = -1.0001,
-               easy_threshold: float = -1.2, retrain_every: int = 2000, max_negatives: int | None = 20000,
+               easy_threshold: float = -1.2, retrain_every: int = 2000, max_negatives: int | None = 10000,
                target_norm: float = 20.0,
                feature_scale: float | None = None, scale_sample_images: int = 100, max_iter: int = 10000,
-               seed: int = 0) -> LinearSVMs:
+               seed: int = 0, log: Callable[[str], None] | None = None) -> LinearSVMs:
   """Trains one linear SVM per class with hard-negative mining (see the module docstring).
 
   Args:
@@ -147,6 +147,7 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
     target_norm: mean L2 norm after scaling. feature_scale: use this scale instead of estimating it.
     scale_sample_images: how many (seeded, random) images the scale is estimated on.
     max_iter: LinearSVC iteration cap. seed: seed of the image sample.
+    log: called with a progress line about every tenth of the mining pass (None: silent).
 
   Returns:
     :class:`LinearSVMs` with float32 weights (D, K) and biases (K,).
@@ -206,7 +207,11 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
     keep = cache_x[c] @ w + b >= easy_threshold
     cache_x[c] = cache_x[c][keep]
 
+  report_every = max(1, n_img // 10)
   for i, src in enumerate(per_image):
+    if log is not None and i and i % report_every == 0:
+      log(f"  mining: {i}/{n_img} images, hard negatives cached per class {[len(x) for x in cache_x]}, "
+          f"retrains {int(retrains.sum())}")
     im = load_image(src, i)
     if len(im.boxes) == 0:
       continue
