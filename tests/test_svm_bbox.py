@@ -180,3 +180,14 @@ def test_fit_from_images_streams_images_and_caps_each_class():
   assert full.feature_scale == pytest.approx(20.0 / np.linalg.norm(kept, axis=1).mean())
   with pytest.raises(ValueError, match="at least one image"):
     R.fit_from_images([], 2)
+
+
+def test_mean_norm_scale_over_blocks_and_chunks():
+  """Rows of norm 5 and 15 (3-4-0 and 9-12-0 triangles) in equal numbers: mean norm 10, so the
+  factor to a mean norm of 20 is 2, whether the rows come as one array longer than a block or as chunks."""
+  from sppnet_jax.detection.scaling import BLOCK_ROWS, mean_norm_scale
+  rows = np.tile(np.array([[3, 4, 0], [9, 12, 0]], np.float16), (BLOCK_ROWS + 7, 1))
+  assert mean_norm_scale(rows) == 2.0
+  assert mean_norm_scale([rows[:5], rows[5:]], target_norm=10.0) == 1.0
+  with pytest.raises(ValueError, match="all zero"):
+    mean_norm_scale(np.zeros((4, 3)))

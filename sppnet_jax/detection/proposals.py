@@ -160,16 +160,16 @@ def hierarchical_grouping(sizes: np.ndarray, boxes: np.ndarray, colour: np.ndarr
   cap = 2 * num - 1
   size = np.zeros(cap); size[:num] = sizes
   box = np.zeros((cap, 4)); box[:num] = boxes
-  col = np.zeros((cap, colour.shape[1])); col[:num] = colour
-  tex = np.zeros((cap, texture.shape[1])); tex[:num] = texture
+  # The enabled histograms side by side: the sum of the colour and texture intersections is one
+  # intersection over the joined bins, and a merge averages them in one operation.
+  parts = [h for h, used in ((colour, use_c), (texture, use_t)) if used]
+  hist = np.zeros((cap, sum(h.shape[1] for h in parts)))
+  if parts:
+    hist[:num] = np.concatenate(parts, axis=1)
   inv = 1.0 / float(image_size)
 
   def similarity(i: int | np.ndarray, j: np.ndarray) -> np.ndarray:
-    s = np.zeros(np.shape(j))
-    if use_c:
-      s += np.minimum(col[i], col[j]).sum(axis=-1)
-    if use_t:
-      s += np.minimum(tex[i], tex[j]).sum(axis=-1)
+    s = np.minimum(hist[i], hist[j]).sum(axis=-1) if parts else np.zeros(np.shape(j))
     if use_s:
       s += 1.0 - (size[i] + size[j]) * inv
     if use_f:
@@ -195,8 +195,8 @@ def hierarchical_grouping(sizes: np.ndarray, boxes: np.ndarray, colour: np.ndarr
     size[t] = wi + wj
     box[t] = (min(box[i, 0], box[j, 0]), min(box[i, 1], box[j, 1]), max(box[i, 2], box[j, 2]),
               max(box[i, 3], box[j, 3]))
-    col[t] = (wi * col[i] + wj * col[j]) / size[t]
-    tex[t] = (wi * tex[i] + wj * tex[j]) / size[t]
+    if parts:
+      hist[t] = (wi * hist[i] + wj * hist[j]) / size[t]
     alive[i] = alive[j] = False
     alive[t] = True
     nbrs = (neighbours[i] | neighbours[j]) - {i, j}
