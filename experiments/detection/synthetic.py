@@ -35,4 +35,5 @@ def get_config(trunk_workdir: str = ""):
   c.finetune.dropout = 0.0  # the synthetic classification trunks train without dropout
   c.svm.retrain_every = 500
   c.svm.max_negatives = 2000  # the scenes' 512-d fc7 and 12 classes: at most 49 MB of cached negatives
+  c.svm.read_images = 16  # about 5,000 windows of 3,200-d pool5 per read
   return c

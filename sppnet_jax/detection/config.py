@@ -85,7 +85,7 @@ def detection_config(dataset: str = "synthetic", trunk_workdir: str = "", scales
   c.svm.negative_iou = 0.3
   c.svm.retrain_every = 2000
   c.svm.max_negatives = 10000  # hard negatives a class's cache holds at most (the hardest kept); bounds memory
-  c.svm.read_images = 16  # cached images whose fc7 is computed in one batched call while mining
+  c.svm.read_images = 4  # cached images read (and their fc7 computed) together while mining
   c.svm.target_norm = 20.0
 
   c.bbox = ml_collections.ConfigDict()

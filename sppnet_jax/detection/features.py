@@ -220,17 +220,18 @@ def fc7_features(head_params: Any, pooled: np.ndarray, batch: int = 256, dtype: 
   """fc7 (after ReLU) of pooled vectors (N, D), run in fixed chunks of ``batch`` rows.
 
   ``head_params`` needs ``fc6`` and ``fc7`` (a model's ``params['head']`` or a fine-tuned head).
+  ``pooled`` may be 16-bit (the cache's dtype): each chunk is converted to float32 on its own and
+  only the last one is zero-padded, so no float32 copy of all the rows is made.
   """
-  pooled = np.asarray(pooled, np.float32)
+  pooled = np.asarray(pooled)
   fc_width = int(head_params["fc7"]["kernel"].shape[1])
   n = len(pooled)
-  if n == 0:
-    return np.zeros((0, fc_width), np.float32)
-  padded = np.zeros((-(-n // batch) * batch, pooled.shape[1]), np.float32)
-  padded[:n] = pooled
-  out = [np.asarray(_fc7(head_params, padded[i:i + batch], fc_width, jnp.dtype(dtype)))
-         for i in range(0, len(padded), batch)]
-  return np.concatenate(out)[:n]
+  out = np.empty((n, fc_width), np.float32)
+  for i in range(0, n, batch):
+    chunk = np.zeros((batch, pooled.shape[1]), np.float32)
+    chunk[:min(batch, n - i)] = pooled[i:i + batch]
+    out[i:i + batch] = np.asarray(_fc7(head_params, chunk, fc_width, jnp.dtype(dtype)))[:min(batch, n - i)]
+  return out
 
 
 # ------------------------------------------------------------------------------------- per image

@@ -110,7 +110,7 @@ class DetectionSystem:
 
   def window_scores(self, pool5: np.ndarray) -> np.ndarray:
     """(R, K) SVM scores of windows on fine-tuned fc7, from their pooled features (R, D)."""
-    fc7 = feats.fc7_features(self.head, np.asarray(pool5, np.float32), self.window_batch)
+    fc7 = feats.fc7_features(self.head, pool5, self.window_batch)
     return svm_lib.score(fc7, self.svms)
 
   def detect_windows(self, pool5: np.ndarray, windows: np.ndarray, image_hw: Sequence[int],
