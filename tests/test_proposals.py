@@ -171,9 +171,9 @@ def test_texture_histogram_matches_the_definition_pixel_by_pixel():
     for r in range(9):
       for c in range(11):
         for k in range(8):
-          a = (k % 4) * np.pi / 4
-          resp = (np.cos(a) * gx[r, c] + np.sin(a) * gy[r, c]) * (1 if k < 4 else -1)
+          a = np.float32((k % 4) * np.pi / 4)  # in float32, as the responses are computed
+          resp = (np.cos(a) * gx[r, c] + np.sin(a) * gy[r, c]) * np.float32(1 if k < 4 else -1)
           if resp > 0:
-            expected[(ch * 8 + k) * 10 + min(int(resp * 10 / top), 9)] += 1
+            expected[(ch * 8 + k) * 10 + min(int(resp * np.float32(10 / top)), 9)] += 1
   hist = _histograms(np.zeros((9, 11), np.int64), 1, _texture_codes(img), 240)[0]
   np.testing.assert_allclose(hist, expected / expected.sum(), atol=1e-12)

@@ -89,14 +89,14 @@ def _texture_codes(img: np.ndarray) -> np.ndarray:
   half = TEXTURE_ORIENTATIONS // 2
   no_vote = c * TEXTURE_ORIENTATIONS * TEXTURE_BINS
   codes = np.empty((h * w, c * half), np.int32)
-  angles = np.arange(half) * (2 * np.pi / TEXTURE_ORIENTATIONS)
+  angles = (np.arange(half) * (2 * np.pi / TEXTURE_ORIENTATIONS)).astype(np.float32)
   for ch in range(c):
     x = img[:, :, ch].astype(np.float32)
     gx = ndimage.gaussian_filter(x, 1.0, order=(0, 1)).reshape(-1)
     gy = ndimage.gaussian_filter(x, 1.0, order=(1, 0)).reshape(-1)
     top = float(np.sqrt(gx * gx + gy * gy).max())
-    resp = np.cos(angles)[None, :] * gx[:, None] + np.sin(angles)[None, :] * gy[:, None]
-    bins = np.minimum((np.abs(resp) * (TEXTURE_BINS / max(top, 1e-12))).astype(np.int32), TEXTURE_BINS - 1)
+    resp = np.cos(angles)[None, :] * gx[:, None] + np.sin(angles)[None, :] * gy[:, None]  # float32
+    bins = np.minimum((np.abs(resp) * np.float32(TEXTURE_BINS / max(top, 1e-12))).astype(np.int32), TEXTURE_BINS - 1)
     orientation = np.where(resp > 0, np.arange(half, dtype=np.int32), np.arange(half, dtype=np.int32) + half)
     codes[:, ch * half:(ch + 1) * half] = np.where(
         resp != 0, (ch * TEXTURE_ORIENTATIONS + orientation) * TEXTURE_BINS + bins, no_vote)
