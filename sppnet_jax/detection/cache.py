@@ -30,8 +30,9 @@ import numpy as np
 from sppnet_jax.detection import features as feats
 from sppnet_jax.detection.trunk import Trunk
 
-# 2: pool5 in float16, labels 0..K-1 (1 was float32, labels 1..K).
-CACHE_FORMAT = 2
+# 3: selective search's texture responses in float32, one code per opposite-orientation pair
+# (a few proposals move); 2: pool5 in float16, labels 0..K-1; 1: float32, labels 1..K.
+CACHE_FORMAT = 3
 FEATURE_DTYPE = np.float16
 
 
