@@ -99,3 +99,32 @@ def _config_without_fg(config):
   c = ml_collections.ConfigDict(config.to_dict())
   c.finetune.fg_iou = 1.1
   return c
+
+
+def test_svm_images_are_read_several_at_a_time_with_fc7_by_hand(tmp_path):
+  """Reads of two files: every image's fc7 is ReLU(ReLU(x W6 + b6) W7 + b7) of its own rows, the GT
+  rows first (``gt_features``), and the reader can be iterated twice (the SVMs' two passes)."""
+  from sppnet_jax.detection.pipeline import CachedFc7Images
+  rng = np.random.default_rng(0)
+  paths = [tmp_path / f"{i:06d}.npz" for i in range(3)]
+  for i, p in enumerate(paths):
+    _write(p, 0.0)
+    c = cache.read(p)
+    c["pool5"] = rng.normal(0, 1, (3, 4)).astype(np.float16)
+    cache.atomic_savez(p, **c)
+  head = {"fc6": {"kernel": rng.normal(0, 1, (4, 6)).astype(np.float32), "bias": rng.normal(0, 1, 6).astype(np.float32)},
+          "fc7": {"kernel": rng.normal(0, 1, (6, 6)).astype(np.float32), "bias": rng.normal(0, 1, 6).astype(np.float32)}}
+  images = CachedFc7Images(paths, head, window_batch=4, read_images=2)
+  assert len(images) == 3
+  for _ in range(2):
+    seen = list(images)
+    assert len(seen) == 3
+    for im, p in zip(seen, paths):
+      x = cache.read(p)["pool5"].astype(np.float64)
+      fc7 = np.maximum(np.maximum(x @ head["fc6"]["kernel"] + head["fc6"]["bias"], 0) @ head["fc7"]["kernel"]
+                       + head["fc7"]["bias"], 0)
+      np.testing.assert_allclose(im.gt_features, fc7[:1], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(im.features, fc7[1:], rtol=1e-5, atol=1e-5)
+      assert im.boxes.shape == (2, 4) and im.gt_labels.tolist() == [2]
+  with pytest.raises(ValueError, match="read_images"):
+    CachedFc7Images(paths, head, 4, 0)

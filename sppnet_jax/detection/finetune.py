@@ -13,10 +13,11 @@ images in a seeded order (a new permutation per epoch), keeps their usable rows 
 of them positives, uniformly with replacement within the pool); pools are read ahead in worker
 processes or threads while the device trains.
 
-The optimizer is the paper's (weight decay on kernels added to the gradient, heavy-ball momentum,
-a step learning-rate schedule inside the optimizer state, so a drop never recompiles) and the
-state is the training code's ``state.TrainState``; a step whose loss or gradient is not finite
-leaves the state unchanged. The loop never waits for the device: losses stay on the device until
+The optimizer has the training code's layout (``state.chain_optimizer``: weight decay on kernels
+added to the gradient, heavy-ball momentum, a step learning-rate schedule inside the optimizer
+state, so a drop never recompiles); the state is ``state.TrainState`` and the step is the training
+code's ``train.make_train_step`` applied to the fc head, so a step whose loss or gradient is not
+finite leaves the state unchanged. The loop never waits for the device: losses stay on the device until
 each ``log_every`` boundary, where a non-finite one stops the run.
 """
 
@@ -123,7 +124,7 @@ class PoolSampler:
     return -(-len(self.paths) // self.pool_images)
 
   def _usable(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-    c = cache.read(pathlib.Path(self.paths[i]))
+    c = cache.read_fields(pathlib.Path(self.paths[i]), ("pool5", "windows", "gt_boxes", "gt_labels", "gt_difficult"))
     lab = window_labels(c["windows"], c["gt_boxes"], c["gt_labels"], c["gt_difficult"], self.fg_iou, self.bg_low,
                         self.bg_high)
     rows = np.flatnonzero(lab != UNUSED)
