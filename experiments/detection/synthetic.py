@@ -9,8 +9,8 @@ minutes on 2 CPU cores.
 
 Run, with the trunk trained by the README's main command (bash scripts/ablation.sh):
   sppnet detect --config experiments/detection/synthetic.py:runs/scale_ablation/single --workdir runs/det_synthetic
-Measured: 13.5 mAP ftfc7 bb (13.4 without box regression; 95 % bootstrap intervals [11.3, 18.3]
-and [11.0, 18.0]) on the 100 test scenes, 3 min 55 s on 2 CPU cores shared with other work, with
+Measured: 12.5 mAP ftfc7 bb (12.4 without box regression; 95 % bootstrap intervals [10.6, 17.2]
+and [10.1, 16.8]) on the 100 test scenes, 3 min 24 s on 2 CPU cores shared with other work, with
 the 96-px single-size trunk of the main command (61.8 % top-1 classification error).
 Without a trunk workdir the trunk is random and only the fc layers learn (1.5 mAP with 40/20 images).
 
