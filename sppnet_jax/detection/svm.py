@@ -115,21 +115,38 @@ def score(features: np.ndarray, svm: LinearSVMs) -> np.ndarray:
   return (feats * np.float32(svm.feature_scale)) @ svm.weights + svm.biases
 
 
-def _release_freed_memory() -> None:
-  """Returns the C heap's freed pages to the OS (glibc ``malloc_trim``; elsewhere nothing). A fit
-  frees tens of MB in pieces; without this, the heap of a long mining pass fragments and the
-  resident memory creeps up with the number of fits."""
-  global _MALLOC_TRIM
-  if _MALLOC_TRIM is None:
+def _glibc():
+  """The C library when it is glibc (Linux), else None."""
+  global _LIBC
+  if _LIBC is None:
     try:
-      _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-      _MALLOC_TRIM = False
-  if _MALLOC_TRIM:
-    _MALLOC_TRIM(0)
+      libc = ctypes.CDLL("libc.so.6")
+      _LIBC = libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else False
+    except OSError:
+      _LIBC = False
+  return _LIBC or None
 
 
-_MALLOC_TRIM = None
+_LIBC = None
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_LARGE_BLOCK_BYTES = 256 * 1024
+
+
+def _mmap_large_blocks() -> None:
+  """Makes the C heap serve blocks of 256 KiB and more from their own mappings, returned to the
+  system when freed (glibc ``mallopt(M_MMAP_THRESHOLD)``; elsewhere nothing). Mining allocates and
+  frees the tens-of-MB buffers of hundreds of fits; carved out of the heap they fragment it and the
+  resident memory creeps up with the number of fits."""
+  libc = _glibc()
+  if libc is not None:
+    libc.mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK_BYTES)
+
+
+def _release_freed_memory() -> None:
+  """Returns the C heap's freed pages to the system (glibc ``malloc_trim``; elsewhere nothing)."""
+  libc = _glibc()
+  if libc is not None:
+    libc.malloc_trim(0)
 
 
 def _fit_one(pos: np.ndarray, neg: np.ndarray, C: float, positive_weight: float, bias_multiplier: float,
@@ -183,6 +200,7 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
   if max_negatives is not None and max_negatives < 1:
     raise ValueError(f"max_negatives must be >= 1 or None (unbounded); got {max_negatives}.")
   sample = set(np.random.default_rng(seed).permutation(n_img)[:scale_sample_images].tolist())
+  _mmap_large_blocks()
 
   # Pass 1: positives and the feature-scale sample.
   positives: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
