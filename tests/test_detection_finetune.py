@@ -128,3 +128,15 @@ def test_svm_images_are_read_several_at_a_time_with_fc7_by_hand(tmp_path):
       assert im.boxes.shape == (2, 4) and im.gt_labels.tolist() == [2]
   with pytest.raises(ValueError, match="read_images"):
     CachedFc7Images(paths, head, 4, 0)
+
+
+def test_svm_images_do_not_keep_their_read_alive(tmp_path):
+  """An image kept by the consumer owns its arrays: it must not hold the read's whole fc7 block."""
+  from sppnet_jax.detection.pipeline import CachedFc7Images
+  paths = [tmp_path / f"{i:06d}.npz" for i in range(4)]
+  for p in paths:
+    _write(p, 1.0)
+  head = {"fc6": {"kernel": np.ones((4, 6), np.float32), "bias": np.zeros(6, np.float32)},
+          "fc7": {"kernel": np.ones((6, 6), np.float32), "bias": np.zeros(6, np.float32)}}
+  for im in CachedFc7Images(paths, head, window_batch=4, read_images=4):
+    assert im.features.base is None and im.gt_features.base is None

@@ -100,7 +100,8 @@ class CachedFc7Images:
   """The SVM training images of a cached split, read ``read_images`` files at a time: the fine-tuned
   fc7 of a read's windows is computed in one batched call, then each image is yielded as an
   ``svm.ImageFeatures`` (proposals as windows, GT boxes' fc7 as ``gt_features``). Sized and
-  iterable any number of times; holds one read's features at a time."""
+  iterable any number of times; holds one read's features at a time (each image's arrays are its
+  own copies)."""
 
   def __init__(self, paths, head, window_batch: int, read_images: int):
     if read_images < 1:
@@ -117,8 +118,10 @@ class CachedFc7Images:
       ends = np.cumsum([len(c["pool5"]) for c in cached])
       for c, rows in zip(cached, np.split(fc7, ends[:-1])):
         g = int(c["num_gt"])
-        yield svm_lib.ImageFeatures(rows[g:], c["windows"][g:], c["gt_boxes"], c["gt_labels"], c["gt_difficult"],
-                                    rows[:g])
+        # Copies, not views of the read's fc7: an image kept by the consumer (the SVMs' feature-scale
+        # sample) must not keep its whole read alive.
+        yield svm_lib.ImageFeatures(rows[g:].copy(), c["windows"][g:], c["gt_boxes"], c["gt_labels"],
+                                    c["gt_difficult"], rows[:g].copy())
 
 
 def _bbox_images(paths):
