@@ -1,6 +1,6 @@
-"""The train state, the model a config names, and its optimizer with the learning-rate rule
-inside it: what both training and reading a trained run (:func:`sppnet_jax.workdir.load_run`)
-need.
+"""The train state, the model a config names, its optimizer with the learning-rate rule inside
+it, and the training step: what classification training, detection fine-tuning and reading a
+trained run (:func:`sppnet_jax.workdir.load_run`) share.
 
 The optimizer (:func:`make_optimizer`) is one optax chain: weight decay on kernels, the update
 direction (SGD momentum or Adam), the learning rate of the step-drop schedule
@@ -15,7 +15,7 @@ per validation.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax
 import flax.linen as nn
@@ -163,3 +163,43 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_size: i
   images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   params = model.init(jax.random.key(seed), images)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, padded: bool = False) -> Callable:
+  """(state, images, labels, key) -> (state, metrics). A non-finite step leaves the state unchanged.
+
+  The learning rate is part of ``tx`` and its state (:func:`make_optimizer`), so a drop
+  changes arrays, never the compiled step. ``padded=True`` (whole-image training): (state,
+  images, valid_hw, labels, key), each zero-padded image taken at its own size ``valid_hw``
+  (``SPPNet.padded``).
+  """
+
+  def train_step(state: TrainState, images: Array, *args):
+    valid_hw, (labels, key) = (args[0], args[1:]) if padded else (None, args)
+    dropout_key = jax.random.fold_in(key, state.step)
+
+    def loss_fn(params):
+      variables, rngs = {"params": params}, {"dropout": dropout_key}
+      if padded:
+        logits = model.apply(variables, images, valid_hw, train=True, rngs=rngs, method=models.SPPNet.padded)
+      else:
+        logits = model.apply(variables, images, train=True, rngs=rngs)
+      return cross_entropy(logits, labels), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state))
+    metrics = {"loss": loss, "top1_error": jnp.mean(jnp.argmax(logits, -1) != labels), "grad_norm": grad_norm,
+               "finite": finite, "lr": current_learning_rate(opt_state)}
+    return new_state, metrics
+
+  return train_step

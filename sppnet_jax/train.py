@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -39,7 +38,7 @@ from sppnet_jax.config_checks import validate_config
 from sppnet_jax.data import device_augment, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter
 from sppnet_jax import state as state_lib
-from sppnet_jax.state import TrainState, build_model, init_state, make_optimizer
+from sppnet_jax.state import TrainState, build_model, init_state, make_optimizer, make_train_step
 from sppnet_jax.workdir import config_source
 
 Array = jax.Array
@@ -47,46 +46,6 @@ Array = jax.Array
 
 class NonFiniteError(FloatingPointError):
   """A loss or gradient became NaN or inf; the workdir keeps the last good checkpoint."""
-
-
-def cross_entropy(logits: Array, labels: Array) -> Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, padded: bool = False) -> Callable:
-  """(state, images, labels, key) -> (state, metrics). A non-finite step leaves the state unchanged.
-
-  The learning rate is part of ``tx`` and its state (:func:`state.make_optimizer`), so a drop
-  changes arrays, never the compiled step. ``padded=True`` (whole-image training): (state,
-  images, valid_hw, labels, key), each zero-padded image taken at its own size ``valid_hw``
-  (``SPPNet.padded``).
-  """
-
-  def train_step(state: TrainState, images: Array, *args):
-    valid_hw, (labels, key) = (args[0], args[1:]) if padded else (None, args)
-    dropout_key = jax.random.fold_in(key, state.step)
-
-    def loss_fn(params):
-      variables, rngs = {"params": params}, {"dropout": dropout_key}
-      if padded:
-        logits = model.apply(variables, images, valid_hw, train=True, rngs=rngs, method=models.SPPNet.padded)
-      else:
-        logits = model.apply(variables, images, train=True, rngs=rngs)
-      return cross_entropy(logits, labels), logits
-
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state))
-    metrics = {"loss": loss, "top1_error": jnp.mean(jnp.argmax(logits, -1) != labels), "grad_norm": grad_norm,
-               "finite": finite, "lr": state_lib.current_learning_rate(opt_state)}
-    return new_state, metrics
-
-  return train_step
 
 
 MODES = ("single", "multi", "random", "full")

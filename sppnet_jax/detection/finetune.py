@@ -16,7 +16,7 @@ processes or threads while the device trains.
 The optimizer has the training code's layout (``state.chain_optimizer``: weight decay on kernels
 added to the gradient, heavy-ball momentum, a step learning-rate schedule inside the optimizer
 state, so a drop never recompiles); the state is ``state.TrainState`` and the step is the training
-code's ``train.make_train_step`` applied to the fc head, so a step whose loss or gradient is not
+code's ``state.make_train_step`` applied to the fc head, so a step whose loss or gradient is not
 finite leaves the state unchanged. The loop never waits for the device: losses stay on the device until
 each ``log_every`` boundary, where a non-finite one stops the run.
 """
@@ -39,8 +39,7 @@ from sppnet_jax import models
 from sppnet_jax.detection import boxes as box_ops
 from sppnet_jax.data.pipeline import iterate
 from sppnet_jax.detection import cache
-from sppnet_jax.state import TrainState, chain_optimizer
-from sppnet_jax.train import make_train_step
+from sppnet_jax.state import TrainState, chain_optimizer, make_train_step
 
 BACKGROUND = 0
 UNUSED = -1
