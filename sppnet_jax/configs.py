@@ -18,9 +18,9 @@ the functions here, so a field is defined once. Fields:
                    worker_count: grain worker processes decoding and augmenting (None: the
                    cores available less one; 0: in the training process, with threads);
                    prefetch: batches read ahead per worker. Neither changes what a run computes.
-                   device_augment: the host decodes and crops, and uint8 crops go to the
-                   device, which resizes, flips, adds colour noise and normalises
-                   (sppnet_jax.data.device_augment; fixed-size modes)
+                   device_augment: the host decodes and cuts each crop's source pixels onto a
+                   uint8 canvas; the device resamples the crop, resizes, flips, adds colour
+                   noise and normalises (sppnet_jax.data.device_augment; fixed-size modes)
   train.mode       single | multi (crop and second size alternating per epoch) | random |
                    full (whole images, short side from full_short_range per example, shape
                    buckets of full_bucket px with valid_hw masks; beyond the paper)

@@ -6,13 +6,20 @@ Here: :func:`predict` (per-example probabilities of one view at one test size),
 :func:`size_sweep` (every view at a list of test sizes) and the per-example record
 kept in a workdir (``predictions.npz``) so that runs scored on the same images can be
 compared pairwise (:mod:`sppnet_jax.stats`).
+
+With several JAX processes :func:`predict` splits the examples: process ``i`` of ``n`` reads,
+decodes and scores examples ``i, i + n, i + 2n, ...`` and the processes exchange their
+predictions, so every process returns all of them (the same arrays as one process would).
+Every process must therefore make the same sequence of evaluation calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -22,11 +29,35 @@ from sppnet_jax.data import sources
 VIEWS = tuple(views.VIEWS)
 
 
+def _gather(part: views.Predictions) -> views.Predictions:
+  """Every process's predictions (``part``: its own, indices already global), in index order."""
+  from jax.experimental import multihost_utils
+
+  longest = int(np.max(multihost_utils.process_allgather(np.int32(part.index.size))))
+  pad = longest - part.index.size
+  index = np.concatenate([part.index.astype(np.int64), np.full(pad, -1, np.int64)])
+  label = np.concatenate([part.label, np.zeros(pad, part.label.dtype)])
+  probs = np.concatenate([part.probs, np.zeros((pad, *part.probs.shape[1:]), part.probs.dtype)])
+  index, label, probs = (np.asarray(x).reshape(-1, *x.shape[2:])
+                         for x in multihost_utils.process_allgather((index, label, probs)))
+  keep = index >= 0
+  order = np.argsort(index[keep], kind="stable")
+  return views.Predictions(index[keep][order].astype(np.int32), label[keep][order], probs[keep][order], part.warped)
+
+
 def predict(model: models.SPPNet, params, source, *, view: str, config: ml_collections.ConfigDict, mean,
             size: int | None = None) -> views.Predictions:
-  """Per-example probabilities of ``view`` at test size ``size`` (default: the training crop)."""
+  """Per-example probabilities of ``view`` at test size ``size`` (default: the training crop);
+  split across the JAX processes (see the module docstring)."""
   spec = views.spec_from_config(config, mean, size)
-  predictions = views.get_view(view).predict(model, params, source, spec)
+  index, count = jax.process_index(), jax.process_count()
+  if count == 1 or len(source) < count:
+    predictions = views.get_view(view).predict(model, params, source, spec)
+  else:
+    mine = np.arange(index, len(source), count)
+    part = views.get_view(view).predict(model, params, sources.Subset(source, mine, description=f"process {index}"),
+                                        spec)
+    predictions = _gather(dataclasses.replace(part, index=mine[part.index]))
   bad = ~np.isfinite(predictions.probs).all(axis=-1)
   if bad.any():
     raise FloatingPointError(
@@ -121,14 +152,16 @@ EVAL_FILE = "eval.json"
 
 
 def evaluate_run(model: models.SPPNet, params, source, *, config: ml_collections.ConfigDict, mean,
-                 workdir: str | pathlib.Path, view_names=None, sweep: bool = True) -> dict:
+                 workdir: str | pathlib.Path, view_names=None, sweep: bool = True, write: bool = True) -> dict:
   """Evaluates a trained run and records it in its workdir.
 
   Every view of ``view_names`` (default ``eval.views``) at the training crop size, then, with
   ``sweep`` and ``eval.sweep_sizes`` set, every view of ``eval.sweep_views`` at every size of
   ``eval.sweep_sizes`` on the first ``eval.sweep_examples`` examples. Summaries (errors with
   95 % intervals) are merged into ``workdir/eval.json`` (``{view: ..., 'sweep': {view: {size:
-  ...}}}``), per-example mistakes into ``workdir/predictions.npz``. Returns the summaries.
+  ...}}}``), per-example mistakes into ``workdir/predictions.npz`` (unless not ``write``: the other
+  processes of a multi-process run, which take part but leave the files to process 0). Returns
+  the summaries.
   """
   e, crop = config.eval, config.data.crop_size
   view_names = tuple(view_names or e.views)
@@ -145,6 +178,8 @@ def evaluate_run(model: models.SPPNet, params, source, *, config: ml_collections
                                       view_names=tuple(e.sweep_views)).items():
       records[record_key(view, size, sweep=True)] = p
       results["sweep"].setdefault(view, {})[str(size)] = summarize(p)
+  if not write:
+    return results
   workdir = pathlib.Path(workdir)
   save_predictions(workdir, records)
   path = workdir / EVAL_FILE

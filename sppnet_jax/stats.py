@@ -7,6 +7,7 @@
   its 95 % interval (Wald interval of a paired difference of proportions) and McNemar's p.
 * :func:`bootstrap_interval` - a percentile bootstrap with a fixed seed (reproducible).
 * :func:`seed_comparison` - mean ± std over training seeds and a paired t-test across seeds.
+* :func:`ratio_interval` - the geometric mean of paired speed ratios with its 95 % t interval.
 * :func:`verdict` - one generated line per comparison, e.g.
   ``multi − single, full view: −1.3 points [−2.1, −0.5], McNemar p = 0.002``.
 
@@ -135,6 +136,29 @@ def seed_comparison(errors_a: Sequence[float], errors_b: Sequence[float]) -> See
     p = float(2 * scipy_stats.t.sf(abs(d.mean()) / (sd / math.sqrt(n)), n - 1))
   return SeedComparison(float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1)),
                         float(d.mean()), float(d.mean() - half), float(d.mean() + half), p, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class RatioInterval:
+  """The geometric mean of ratios measured in pairs (e.g. rounds of a benchmark) and its 95 %
+  t interval, taken on the logarithms and mapped back."""
+  mean: float
+  low: float
+  high: float
+  count: int
+
+
+def ratio_interval(ratios: Sequence[float]) -> RatioInterval:
+  """:class:`RatioInterval` of positive ``ratios`` (at least two)."""
+  from scipy import stats as scipy_stats
+
+  values = np.asarray(ratios, float)
+  if values.size < 2 or not (np.isfinite(values).all() and (values > 0).all()):
+    raise ValueError(f"an interval of ratios needs at least two positive, finite ratios; got {list(ratios)}")
+  logs = np.log(values)
+  half = float(scipy_stats.t.ppf(0.975, logs.size - 1)) * float(logs.std(ddof=1)) / math.sqrt(logs.size)
+  m = float(logs.mean())
+  return RatioInterval(math.exp(m), math.exp(m - half), math.exp(m + half), int(logs.size))
 
 
 def format_p(p: float) -> str:

@@ -136,9 +136,9 @@ def compiled_steps(config: ml_collections.ConfigDict, model: nn.Module, tx, stat
   """The run's compiled steps and the batch keys they take, in argument order.
 
   Host augmentation: float32 inputs of each shape (with ``valid_hw`` in 'full' mode). Device
-  augmentation (``data.device_augment``, fixed-size modes): uint8 crops at the crop size with
-  ``flip`` and ``alpha``, finished on the device at each input size
-  (:func:`device_augment.finish_batch`) inside the same compiled step.
+  augmentation (``data.device_augment``, fixed-size modes): uint8 canvases of each crop's source
+  pixels with its ``window``, ``flip`` and ``alpha``, resampled and finished on the device at
+  each input size (:func:`device_augment.finish_batch`) inside the same compiled step.
   """
   b, crop = config.train.batch_size, config.data.crop_size
   padded = config.train.mode == "full"
@@ -153,14 +153,15 @@ def compiled_steps(config: ml_collections.ConfigDict, model: nn.Module, tx, stat
   def make_step(hw):
     size, m = hw[0], device_augment.device_mean(mean, hw[0])
 
-    def train_step_augmented_on_device(state, images, flip, alpha, labels, key):
-      return step(state, device_augment.finish_batch(images, flip, alpha, m, size), labels, key)
+    def train_step_augmented_on_device(state, canvases, windows, flip, alpha, labels, key):
+      return step(state, device_augment.finish_batch(canvases, windows, flip, alpha, m, crop, size), labels, key)
 
     return train_step_augmented_on_device
 
-  specs = lambda hw: (_spec((b, crop, crop, 3), jnp.uint8), _spec((b,), jnp.bool_), _spec((b, 3), jnp.float32),
-                      _spec((b,), jnp.int32))
-  return CompiledSteps(make_step, specs, state, mesh), ("image", "flip", "alpha", "label")
+  side = device_augment.canvas_side(crop)
+  specs = lambda hw: (_spec((b, side, side, 3), jnp.uint8), _spec((b, len(device_augment.WINDOW_FIELDS)), jnp.float32),
+                      _spec((b,), jnp.bool_), _spec((b, 3), jnp.float32), _spec((b,), jnp.int32))
+  return CompiledSteps(make_step, specs, state, mesh), ("image", "window", "flip", "alpha", "label")
 
 
 def uses_device_augment(config: ml_collections.ConfigDict) -> bool:
@@ -558,12 +559,9 @@ def _final_evaluation(run: _Run, state: TrainState, progress: Progress) -> dict:
 
 
 def _evaluate_and_close(run: _Run, params, progress: Progress) -> dict:
-  if _is_primary():
-    results = evaluate.evaluate_run(run.model, params, run.eval_source, config=run.config, mean=run.mean,
-                                    workdir=run.workdir)
-  else:  # the same numbers; process 0 writes them
-    results = {v: evaluate.evaluate_params(run.model, params, run.eval_source, view=v, config=run.config,
-                                           mean=run.mean) for v in run.config.eval.views}
+  # Every process scores its share of the examples; process 0 writes the results.
+  results = evaluate.evaluate_run(run.model, params, run.eval_source, config=run.config, mean=run.mean,
+                                  workdir=run.workdir, write=_is_primary())
   run.writer.write(progress.global_step, {f"final/{v}/{k}": x for v, r in results.items() if v != "sweep"
                                           for k, x in _scalars(r).items()})
   run.writer.close()

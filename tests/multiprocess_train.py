@@ -3,7 +3,8 @@
 ``python tests/multiprocess_train.py WORKDIR DEVICES PROCESS_ID NUM_PROCESSES PORT MODE``:
 ``DEVICES`` emulated CPU devices in this process; with ``NUM_PROCESSES > 1`` it joins a
 ``jax.distributed`` job on localhost:PORT. Every training example read in this process is
-counted; ``WORKDIR/decodes-<PROCESS_ID>.json`` lists the indices read, per epoch, and
+counted; ``WORKDIR/decodes-<PROCESS_ID>.json`` lists the indices read, per epoch (and the
+evaluation examples read, validation and final evaluation together, under "eval"), and
 ``WORKDIR/result-<PROCESS_ID>.json`` holds what ``train_and_evaluate`` returned. With
 ``SIGTERM_AT=k`` in the environment, process 1 sends itself SIGTERM as its k-th batch is read.
 """
@@ -38,22 +39,24 @@ epoch_now = [0]
 
 
 class Counting:
-  """The training source, counting every example read (by the epoch being trained)."""
+  """A source counting every example read: the training source's by the epoch being trained,
+  the evaluation source's under "eval"."""
 
-  def __init__(self, source):
+  def __init__(self, source, key=None):
     self.source = source
+    self.key = key
 
   def __len__(self):
     return len(self.source)
 
   def __getattr__(self, name):
-    if name == "source":
+    if name in ("source", "key"):
       raise AttributeError(name)
     return getattr(self.source, name)
 
   def __getitem__(self, index):
     with lock:
-      reads[epoch_now[0]].append(int(index))
+      reads[epoch_now[0] if self.key is None else self.key].append(int(index))
     return self.source[index]
 
 
@@ -62,7 +65,7 @@ original_source = sources.source_from_config
 
 def counted_source(data, which, **overrides):
   source = original_source(data, which, **overrides)
-  return Counting(source) if which == "train" else source
+  return Counting(source) if which == "train" else Counting(source, "eval")
 
 
 original_batches, original_full = pipeline.train_batches, pipeline.full_train_batches

@@ -1,5 +1,7 @@
 """Benchmark helpers: the PyTorch peer against the Flax model, FLOP counts against XLA, peaks, bandwidth model."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -324,3 +326,19 @@ def test_opencv_fast_boxes_are_inclusive_corners_inside_the_image():
   boxes = proposals_peer.opencv_fast(image)
   assert len(boxes) > 10 and (boxes[:, :2] >= 0).all()
   assert (boxes[:, 2] <= image.shape[1] - 1).all() and (boxes[:, 3] <= image.shape[0] - 1).all()
+
+
+def test_input_speedups_pair_the_paths_round_by_round():
+  from sppnet_jax.bench import input as bench_input
+
+  def row(r, path, workers, per_core):
+    return {"round": r, "path": path, "workers": workers, "images_per_core_s": per_core, "images_per_s": 2 * per_core}
+
+  # Round 0 runs at half the speed of round 1; the paired ratios are 2 and 2.5 (workers 0).
+  rows = [row(0, "before", 0, 100), row(0, "after", 0, 200), row(1, "before", 0, 200), row(1, "after", 0, 500),
+          row(0, "before", 1, 100), row(0, "after", 1, 300), row(1, "before", 1, 100), row(1, "after", 1, 300)]
+  by_workers = {s["workers"]: s for s in bench_input.speedups(rows)}
+  assert by_workers[0]["speedup"] == pytest.approx(math.sqrt(2 * 2.5))
+  assert by_workers[0]["speedup_low"] < by_workers[0]["speedup"] < by_workers[0]["speedup_high"]
+  assert by_workers[0]["before_per_core_s"] == 150 and by_workers[0]["after_images_per_s"] == 700
+  assert by_workers[1]["speedup"] == by_workers[1]["speedup_low"] == by_workers[1]["speedup_high"] == pytest.approx(3)

@@ -129,7 +129,7 @@ def test_the_step_schedule_and_the_plateau_rule_live_in_optax():
 def test_a_plateau_drop_never_recompiles_and_is_checkpointed(tmp_path):
   config = tiny_config("single", epochs=3)
   config.train.update(lr_schedule="plateau", plateau_patience=1, plateau_min_delta=100.0, max_lr_drops=1)
-  config.data.device_augment = True  # also: uint8 crops in, finished inside the one compiled step
+  config.data.device_augment = True  # also: uint8 canvases in, finished inside the one compiled step
   with count_compiles() as compiles:
     train.train_and_evaluate(config, tmp_path)
   assert sum(n for name, n in compiles.items() if "train_step" in name) == 1, compiles
@@ -176,6 +176,19 @@ def test_two_processes_train_like_one_and_each_reads_half(tmp_path):
     assert sorted(everything[epoch]) == list(range(64))
     assert len(halves[0][epoch]) == len(halves[1][epoch]) == 32  # each process decodes its half
     assert sorted(halves[0][epoch] + halves[1][epoch]) == list(range(64))
+  # Evaluation (every validation and the final views) is split the same way, and every process
+  # returns the one-process results.
+  assert sorted(halves[0]["eval"] + halves[1]["eval"]) == sorted(everything["eval"])
+  assert not set(halves[0]["eval"]) & set(halves[1]["eval"])
+  results = [json.loads((tmp_path / name / f"result-{i}.json").read_text()) for name, i in (("one", 0), ("two", 0),
+                                                                                           ("two", 1))]
+  assert results[1] == results[2]
+  views = [v for v, r in results[0].items() if isinstance(r, dict) and "top1_error" in r]
+  assert views
+  for view in views:
+    one = results[0][view]
+    for key in ("top1_error", "top5_error", "num_examples"):
+      assert results[1][view][key] == one[key], (view, key)
 
 
 @pytest.mark.slow

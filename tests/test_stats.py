@@ -85,3 +85,18 @@ def test_verdict_lines():
       "multi − single, full view: −1.3 points [−2.1, −0.5], McNemar p = 0.002: lower error")
   inside = stats.PairedDifference(0.4, -0.6, 1.4, 0.41, 50, 32, 4500)
   assert "unresolved" in stats.verdict("x", inside)
+
+
+def test_ratio_interval_by_hand():
+  # logs of (2, 8): mean log 4 -> geometric mean 4; sd of (ln 2, ln 8) = sqrt(2) ln 2,
+  # t(0.975, 1) = 12.7062, half-width = 12.7062 * ln 2 (= sd / sqrt(2) * t).
+  r = stats.ratio_interval([2.0, 8.0])
+  assert r.mean == pytest.approx(4.0) and r.count == 2
+  assert r.low == pytest.approx(4.0 * math.exp(-12.7062047 * math.log(2)), rel=1e-6)
+  assert r.high == pytest.approx(4.0 * math.exp(12.7062047 * math.log(2)), rel=1e-6)
+  same = stats.ratio_interval([1.5, 1.5, 1.5])
+  assert same.low == same.mean == same.high == pytest.approx(1.5)
+  with pytest.raises(ValueError, match="at least two positive"):
+    stats.ratio_interval([1.0])
+  with pytest.raises(ValueError, match="at least two positive"):
+    stats.ratio_interval([1.0, 0.0])

@@ -65,7 +65,7 @@ def final_params(workdir):
 @pytest.mark.parametrize("device_augment", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_multi_size_trains_with_one_compile_per_size(tmp_path, device_augment):
   config = tiny_config("multi", epochs=4)
-  config.data.device_augment = device_augment  # True: uint8 crops in, resized to 52 inside the step
+  config.data.device_augment = device_augment  # True: uint8 canvases in, resampled and resized to 52 inside the step
   with count_compiles() as compiles:
     results = train.train_and_evaluate(config, tmp_path)
   steps = {name: n for name, n in compiles.items() if "train_step" in name}

@@ -11,12 +11,19 @@ workers, from ``psutil``), so a pipeline that keeps two cores busy is not counte
 
 * before: the host transform as it was (decode, resize, crop, flip, colour noise, mean image,
   float32 out: ``augment.train_example``);
-* after: the host stops at the uint8 crop and draws the flip and noise
-  (``device_augment.draws``); the float work runs in the jitted step.
+* after: the host decodes, cuts the crop's source pixels onto a uint8 canvas and draws the
+  flip and noise (``device_augment.draws``); resampling and the float work run in the jitted
+  step.
+
+The two paths alternate within each round (for every worker count), and the speed-up is the
+geometric mean of the rounds' after/before ratios of images per core-second with its 95 % t
+interval (``stats.ratio_interval``): the CPU's speed drifts between minutes, so only ratios
+taken side by side are compared.
 
 Efficiency: end-to-end training images/s (the slim single-size config, its own in-memory
 data, through ``global_batch`` and the compiled step) divided by the step alone on one
-resident batch; with the slim config's host augmentation and with ``data.device_augment``.
+resident batch, timed back to back in each of 5 repeats (geometric mean of the ratios, 95 %
+interval); with the slim config's host augmentation and with ``data.device_augment``.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["make_photos", "pipeline_rate", "efficiency", "projection", "run", "main"]
+__all__ = ["make_photos", "pipeline_rate", "rates", "speedups", "efficiency", "projection", "run", "main"]
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "cat")
 
@@ -106,12 +113,14 @@ def pipeline_rate(source, *, worker_count: int, on_device: bool, batch_size: int
   return Rate(n / wall, n / max(cpu, 1e-9), cpu, n)
 
 
-def efficiency(repeats: int = 3, steps: int = 32, device_augment: bool = False) -> dict[str, Any]:
-  """End-to-end ÷ step-only training images/s of the slim single-size config (medians of ``repeats``),
-  with its host augmentation or (``device_augment``) uint8 crops finished in the step."""
+def efficiency(repeats: int = 5, steps: int = 32, device_augment: bool = False) -> dict[str, Any]:
+  """End-to-end ÷ step-only training images/s of the slim single-size config, with its host
+  augmentation or (``device_augment``) uint8 canvases finished in the step: each repeat times
+  the two back to back, and the efficiency is the geometric mean of the repeats' ratios with its
+  95 % interval."""
   import jax
 
-  from sppnet_jax import configs, state as state_lib, train, workdir as workdir_lib
+  from sppnet_jax import configs, state as state_lib, stats, train, workdir as workdir_lib
   from sppnet_jax.data import pipeline, sources
 
   config = configs.synthetic("single")
@@ -150,9 +159,10 @@ def efficiency(repeats: int = 3, steps: int = 32, device_augment: bool = False) 
       state, metrics = step(state, *inputs, key)
     jax.block_until_ready(state)
     step_only.append(steps * t.batch_size / (time.perf_counter() - t0))
-  e2e, alone = float(np.median(end_to_end)), float(np.median(step_only))
-  return {"device_augment": device_augment, "end_to_end_images_per_s": e2e, "step_only_images_per_s": alone,
-          "efficiency": e2e / alone,
+  ratio = stats.ratio_interval([a / b for a, b in zip(end_to_end, step_only)])
+  return {"device_augment": device_augment, "end_to_end_images_per_s": float(np.median(end_to_end)),
+          "step_only_images_per_s": float(np.median(step_only)), "efficiency": ratio.mean,
+          "efficiency_low": ratio.low, "efficiency_high": ratio.high,
           "runs": {"end_to_end": end_to_end, "step_only": step_only}, "steps": steps, "batch_size": t.batch_size}
 
 
@@ -173,7 +183,43 @@ def projection(per_core: float, mfu: float = 0.4) -> list[dict[str, Any]]:
   return rows
 
 
+def rates(source, *, rounds: int, batches: int, mean, worker_counts=(0, 1, 2)) -> list[dict[str, Any]]:
+  """Every (round, worker count, path) rate, the paths alternating within a round."""
+  rows = []
+  for r in range(rounds):
+    for workers in worker_counts:
+      for on_device in (False, True):
+        rate = pipeline_rate(source, worker_count=workers, on_device=on_device, batches=batches, mean=mean)
+        rows.append({"round": r, "path": "after" if on_device else "before", "workers": workers,
+                     **dataclasses.asdict(rate)})
+        print(f"round {r} workers={workers} {rows[-1]['path']:6s}: {rate.images_per_s:7.1f} images/s, "
+              f"{rate.images_per_core_s:7.1f} per core-second", flush=True)
+  return rows
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per worker count: median rates of each path and the after/before ratio of images per
+  core-second over the rounds (geometric mean, 95 % interval)."""
+  from sppnet_jax import stats
+
+  out = []
+  for workers in sorted({r["workers"] for r in rows}):
+    per = {path: {r["round"]: r for r in rows if r["workers"] == workers and r["path"] == path}
+           for path in ("before", "after")}
+    rounds = sorted(per["before"].keys() & per["after"].keys())
+    ratio = stats.ratio_interval([per["after"][k]["images_per_core_s"] / per["before"][k]["images_per_core_s"]
+                                  for k in rounds])
+    out.append({"workers": workers, "rounds": len(rounds),
+                **{f"{path}_per_core_s": float(np.median([per[path][k]["images_per_core_s"] for k in rounds]))
+                   for path in ("before", "after")},
+                **{f"{path}_images_per_s": float(np.median([per[path][k]["images_per_s"] for k in rounds]))
+                   for path in ("before", "after")},
+                "speedup": ratio.mean, "speedup_low": ratio.low, "speedup_high": ratio.high})
+  return out
+
+
 def run(out: str | pathlib.Path, quick: bool = False) -> dict[str, Any]:
+  from sppnet_jax import timing
   from sppnet_jax.data import sources
 
   out = pathlib.Path(out)
@@ -181,21 +227,20 @@ def run(out: str | pathlib.Path, quick: bool = False) -> dict[str, Any]:
   n = 160 if quick else 480
   source = sources.ImageFolderSource(make_photos(out / f"photos_{n}", n))
   mean = np.full((224, 224, 3), 117.0, np.float32)  # a mean image: the paper's normalisation
-  batches = 3 if quick else 12
-  rows = []
-  for on_device in (False, True):
-    for workers in (0, 1, 2):
-      r = pipeline_rate(source, worker_count=workers, on_device=on_device, batches=batches, mean=mean)
-      rows.append({"path": "after (uint8 crop)" if on_device else "before (float32 on host)", "workers": workers,
-                   **dataclasses.asdict(r)})
-      print(f"{rows[-1]['path']:26s} workers={workers}: {r.images_per_s:7.1f} images/s, "
-            f"{r.images_per_core_s:7.1f} per core-second", flush=True)
-  eff = [efficiency(repeats=1 if quick else 3, steps=8 if quick else 32, device_augment=on) for on in (False, True)]
+  rows = rates(source, rounds=2 if quick else 5, batches=3 if quick else 12, mean=mean)
+  summary = speedups(rows)
+  for s in summary:
+    print(f"workers={s['workers']}: per core-second {s['before_per_core_s']:.0f} before, {s['after_per_core_s']:.0f} "
+          f"after: {s['speedup']:.2f}x [{s['speedup_low']:.2f}, {s['speedup_high']:.2f}] over {s['rounds']} rounds",
+          flush=True)
+  eff = [efficiency(repeats=2 if quick else 5, steps=8 if quick else 32, device_augment=on) for on in (False, True)]
   for e in eff:
     print(f"efficiency ({'device' if e['device_augment'] else 'host'} augmentation): {e['efficiency']:.3f} "
-          f"({e['end_to_end_images_per_s']:.0f} / {e['step_only_images_per_s']:.0f} images/s)", flush=True)
-  best_after = max(r["images_per_core_s"] for r in rows if r["path"].startswith("after"))
-  result = {"input": rows, "efficiency": eff, "projection": projection(best_after), "images": n}
+          f"[{e['efficiency_low']:.3f}, {e['efficiency_high']:.3f}] (medians {e['end_to_end_images_per_s']:.0f} / "
+          f"{e['step_only_images_per_s']:.0f} images/s)", flush=True)
+  best_after = max(s["after_per_core_s"] for s in summary)
+  result = {"environment": timing.environment(), "input": rows, "speedups": summary, "efficiency": eff,
+            "projection": projection(best_after), "images": n}
   (out / "input.json").write_text(json.dumps(result, indent=2))
   return result
 

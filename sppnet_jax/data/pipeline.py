@@ -125,10 +125,11 @@ class _TrainTransform:
   def __call__(self, index: int, example: dict[str, Any]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([self.seed, self.epoch, int(index)])
     if self.on_device:
-      image, flip, alpha = device_augment.draws(example['image'], rng, crop_size=self.crop_size,
-                                                short_side=self.short_side, positions=self.positions,
-                                                pca_std=self.pca_std)
-      return {'image': image, 'flip': np.bool_(flip), 'alpha': alpha, 'label': np.int32(example['label'])}
+      canvas, window, flip, alpha = device_augment.draws(example['image'], rng, crop_size=self.crop_size,
+                                                         short_side=self.short_side, positions=self.positions,
+                                                         pca_std=self.pca_std)
+      return {'image': canvas, 'window': window, 'flip': np.bool_(flip), 'alpha': alpha,
+              'label': np.int32(example['label'])}
     image = augment.train_example(
       example['image'], rng, crop_size=self.crop_size, short_side=self.short_side,
       positions=self.positions, resize_to=self.resize_to, pca_std=self.pca_std,
@@ -169,10 +170,12 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
     prefetch: batches read ahead (per worker).
     shard: (process index, process count): yield this process's B/count rows of every
       batch, reading only those examples.
-    on_device: the host stops at the crop: ``image`` is the uint8 crop (B, crop_size,
-      crop_size, 3), with ``flip`` bool (B,) and ``alpha`` float32 (B, 3) drawn as the host
-      transform draws them; ``device_augment.finish_batch`` does the rest (``resize_to``
-      and ``mean`` are then the device's business).
+    on_device: the host stops before resampling: ``image`` is the uint8 canvas (B, C, C, 3)
+      holding each crop's source pixels and ``window`` float32 (B, 6) where the crop lies on it
+      (``device_augment.crop_region``; C = 2 * crop_size), with ``flip`` bool (B,) and
+      ``alpha`` float32 (B, 3) drawn as the host transform draws them;
+      ``device_augment.finish_batch`` does the rest (``resize_to`` and ``mean`` are then the
+      device's business).
   """
   grain = _grain()
   index, count = check_shard(shard, batch_size)
