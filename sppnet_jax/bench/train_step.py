@@ -123,6 +123,14 @@ def format_table(rows: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
+def _case(text: str) -> tuple[str, int]:
+  name, _, size = text.partition(":")
+  if name not in models.BASELINE_POOL5 or not size.isdigit():
+    raise argparse.ArgumentTypeError(f"expected MODEL:SIZE with MODEL one of {', '.join(models.BASELINE_POOL5)} "
+                                     f"and SIZE an integer, e.g. overfeat7:224; got {text!r}")
+  return name, int(size)
+
+
 def main(argv: Sequence[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="benchmarks/results")
@@ -130,11 +138,13 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+  parser.add_argument("--cases", nargs="+", metavar="MODEL:SIZE", type=_case,
+                      default=list(CASES), help="e.g. overfeat7:224 zf5:180 (default: all four)")
   args = parser.parse_args(argv)
   import torch
   torch.set_num_threads(args.threads)
   rows = []
-  for name, size in CASES:
+  for name, size in args.cases:
     rows.append(compare(name, size, args.batch, args.dtype, args.rounds))
     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
   text = write_results(args.out, f"train_step_{jax.devices()[0].platform}_{args.dtype}",
