@@ -20,7 +20,8 @@ the functions here, so a field is defined once. Fields:
                    prefetch: batches read ahead per worker. Neither changes what a run computes.
                    device_augment: the host decodes and cuts each crop's source pixels onto a
                    uint8 canvas; the device resamples the crop, resizes, flips, adds colour
-                   noise and normalises (sppnet_jax.data.device_augment; fixed-size modes)
+                   noise and normalises (sppnet_jax.data.device_augment). 'full' mode: the
+                   host resizes the whole image, the device does the rest
   train.mode       single | multi (crop and second size alternating per epoch) | random |
                    full (whole images, short side from full_short_range per example, shape
                    buckets of full_bucket px with valid_hw masks; beyond the paper)

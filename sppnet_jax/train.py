@@ -136,17 +136,31 @@ def compiled_steps(config: ml_collections.ConfigDict, model: nn.Module, tx, stat
   """The run's compiled steps and the batch keys they take, in argument order.
 
   Host augmentation: float32 inputs of each shape (with ``valid_hw`` in 'full' mode). Device
-  augmentation (``data.device_augment``, fixed-size modes): uint8 canvases of each crop's source
-  pixels with its ``window``, ``flip`` and ``alpha``, resampled and finished on the device at
-  each input size (:func:`device_augment.finish_batch`) inside the same compiled step.
+  augmentation (``data.device_augment``): in the fixed-size modes uint8 canvases of each crop's
+  source pixels with its ``window``, ``flip`` and ``alpha``, resampled and finished on the
+  device at each input size (:func:`device_augment.finish_batch`); in 'full' mode the resized
+  uint8 images with ``valid_hw``, ``flip`` and ``alpha``
+  (:func:`device_augment.finish_full_batch`); inside the same compiled step.
   """
   b, crop = config.train.batch_size, config.data.crop_size
   padded = config.train.mode == "full"
   step = make_train_step(model, tx, padded)
-  if padded:
+  on_device = uses_device_augment(config)
+  if padded and not on_device:
     specs = lambda hw: (_spec((b, *hw, 3), jnp.float32), _spec((b, 2), jnp.int32), _spec((b,), jnp.int32))
     return CompiledSteps(lambda hw: step, specs, state, mesh), ("image", "valid_hw", "label")
-  if not uses_device_augment(config):
+  if padded:
+    full_mean = device_augment.device_mean(pipeline.full_mode_mean(mean), 1)
+
+    def train_step_full_augmented_on_device(state, images, valid_hw, flip, alpha, labels, key):
+      return step(state, device_augment.finish_full_batch(images, valid_hw, flip, alpha, full_mean), valid_hw,
+                  labels, key)
+
+    specs = lambda hw: (_spec((b, *hw, 3), jnp.uint8), _spec((b, 2), jnp.int32), _spec((b,), jnp.bool_),
+                        _spec((b, 3), jnp.float32), _spec((b,), jnp.int32))
+    return (CompiledSteps(lambda hw: train_step_full_augmented_on_device, specs, state, mesh),
+            ("image", "valid_hw", "flip", "alpha", "label"))
+  if not on_device:
     specs = lambda hw: (_spec((b, *hw, 3), jnp.float32), _spec((b,), jnp.int32))
     return CompiledSteps(lambda hw: step, specs, state, mesh), ("image", "label")
 
@@ -165,8 +179,8 @@ def compiled_steps(config: ml_collections.ConfigDict, model: nn.Module, tx, stat
 
 
 def uses_device_augment(config: ml_collections.ConfigDict) -> bool:
-  """Whether flip, colour noise, resize and normalisation run on the device ('full' mode: on the host)."""
-  return bool(config.data.get("device_augment", False)) and config.train.mode != "full"
+  """Whether the float work of the augmentation runs on the device (``data.device_augment``)."""
+  return bool(config.data.get("device_augment", False))
 
 
 def global_batch(batch: dict, mesh: Mesh, names: tuple[str, ...] = ("image", "label")) -> tuple[Array, ...]:
@@ -325,7 +339,8 @@ class _Epoch:
       plan = _full_plan(config, shapes, epoch)
       self.num_steps = len(plan)
       self.batches = pipeline.full_train_batches(source, plan, seed=t.seed, epoch=epoch, pca_std=d.pca_std, mean=mean,
-                                                 start_step=start_step, **reading)
+                                                 start_step=start_step, on_device=uses_device_augment(config),
+                                                 **reading)
     else:
       self.num_steps = pipeline.steps_per_epoch(source, t.batch_size)
       self.batches = pipeline.train_batches(
@@ -502,10 +517,10 @@ def _train_epoch(run: _Run, state: TrainState, progress: Progress, bar) -> tuple
   skipped = ((lambda: {"data/skipped_images": run.train_source.num_skipped()})
              if hasattr(run.train_source, "num_skipped") else dict)
   finite, window_start, tick = jnp.bool_(True), progress.global_step, time.perf_counter()
-  device = uses_device_augment(run.config)
+  canvases = uses_device_augment(run.config) and t.mode != "full"  # the input size is not the batch's
   for batch in data.batches:
     inputs = global_batch(batch, run.mesh, run.names)
-    hw = (run.sizes[epoch],) * 2 if device else inputs[0].shape[1:3]
+    hw = (run.sizes[epoch],) * 2 if canvases else inputs[0].shape[1:3]
     state, metrics = run.steps[hw](state, *inputs, run.base_key)
     finite = finite & metrics["finite"]
     progress = dataclasses.replace(progress, step=progress.step + 1, global_step=progress.global_step + 1)

@@ -90,8 +90,10 @@ def test_size_schedules():
     train.size_schedule(c)
 
 
-def test_full_mode_compiles_once_per_bucket_shape(tmp_path):
+@pytest.mark.parametrize("device_augment", [False, True])
+def test_full_mode_compiles_once_per_bucket_shape(tmp_path, device_augment):
   config = tiny_config("full", epochs=3)
+  config.data.device_augment = device_augment  # True: resized uint8 images in, finished inside the step
   with count_compiles() as compiles:
     train.train_and_evaluate(config, tmp_path)
   records = [r for r in read_metrics(tmp_path) if "train/input_h" in r]

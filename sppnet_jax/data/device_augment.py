@@ -16,10 +16,15 @@ float32 without Pillow's rounding to uint8), resizes the crop to the input size 
 of multi-size training), flips, adds the PCA colour shift and normalises (mean image, constant
 or per image).
 
-A source whose crop covers more than a canvas (a short side above about 1.9 x ``short_side``:
-ImageNet's few images with a short side above about 490 pixels) is resampled on the host as
+A source whose crop covers more than a canvas (a short side above about 1.97 x ``short_side``:
+above 506 pixels at the paper's crop 224 and short side 256) is resampled on the host as
 before (Pillow, rounded to uint8) and its canvas holds the finished crop. Either way the crop
 is the crop of the resized image to within Pillow's rounding.
+
+Whole-image training (:func:`finish_full_batch`): the host resizes each image to its drawn
+short side and pads it into its bucket as uint8, as the host transform does before its float
+work; the step flips the valid columns, adds the colour shift and normalises over the valid
+pixels.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from PIL import Image
 
 from sppnet_jax.data import augment
 
-__all__ = ["canvas_side", "crop_region", "draws", "resample_crops", "finish_batch", "device_mean", "WINDOW_FIELDS"]
+__all__ = ["canvas_side", "crop_region", "draws", "flip_and_alpha", "resample_crops", "finish_batch", "finish_full_batch",
+           "device_mean", "WINDOW_FIELDS"]
 
 # The columns of a window: the crop's top-left corner in canvas pixels (fractional), canvas
 # pixels per crop pixel along y and x, and the canvas rows and columns holding the image.
@@ -100,12 +106,17 @@ def draws(image: np.ndarray, rng: np.random.Generator, *, crop_size: int, short_
           pca_std: float) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
   """(canvas, window, flip, alpha): the host half of ``augment.train_example`` with the same
   draws (the crop by :func:`crop_region`)."""
+  canvas, window = crop_region(image, rng, crop_size=crop_size, short_side=short_side, positions=positions)
+  return (canvas, window, *flip_and_alpha(rng, pca_std))
+
+
+def flip_and_alpha(rng: np.random.Generator, pca_std: float) -> tuple[bool, np.ndarray]:
+  """The flip and colour-noise draws of ``augment.random_flip`` then ``augment.pca_color_noise``."""
   if pca_std < 0:
     raise ValueError(f"pca std must be >= 0, got {pca_std}")
-  canvas, window = crop_region(image, rng, crop_size=crop_size, short_side=short_side, positions=positions)
   flip = bool(rng.random() < 0.5)
   alpha = rng.normal(0.0, pca_std, size=3).astype(np.float32) if pca_std > 0 else np.zeros(3, np.float32)
-  return canvas, window, flip, alpha
+  return flip, alpha
 
 
 def _axis_weights(start: jax.Array, step: jax.Array, valid: jax.Array, crop_size: int, taps: int):
@@ -145,6 +156,40 @@ def device_mean(mean: Any, size: int) -> np.ndarray | str:
   return m if isinstance(m, str) else np.asarray(m, np.float32)
 
 
+def _colour_and_normalise(x: jax.Array, alpha: jax.Array, mean: Any, mask: jax.Array | None = None) -> jax.Array:
+  """The PCA colour shift, then the normalisation; per-image statistics over ``mask`` (B, H, W, 1)."""
+  shift = 255.0 * jnp.einsum("ij,bj->bi", jnp.asarray(augment.IMAGENET_EIGVEC),
+                             alpha * jnp.asarray(augment.IMAGENET_EIGVAL))
+  x = x + shift[:, None, None, :]
+  if not isinstance(mean, str):
+    return (x - jnp.asarray(mean)) / jnp.float32(augment.NORM_SCALE)
+  if mask is None:
+    m = x.mean(axis=(1, 2), keepdims=True)
+    var = jnp.maximum((x * x).mean(axis=(1, 2), keepdims=True) - m * m, 0.0)
+  else:
+    count = jnp.sum(mask, axis=(1, 2), keepdims=True)
+    m = jnp.sum(x * mask, axis=(1, 2), keepdims=True) / count
+    var = jnp.maximum(jnp.sum(x * x * mask, axis=(1, 2), keepdims=True) / count - m * m, 0.0)
+  return (x - m) / jnp.maximum(jnp.sqrt(var), augment.PER_IMAGE_MIN_STD)
+
+
+def finish_full_batch(images: jax.Array, valid_hw: jax.Array, flip: jax.Array, alpha: jax.Array,
+                      mean: Any) -> jax.Array:
+  """Whole-image training: normalised float32 inputs (B, H, W, 3) from uint8 images resized on
+  the host and zero-padded to the bucket (B, H, W, 3), each valid over its ``valid_hw``: the
+  flip mirrors the valid columns only, per-image statistics cover the valid pixels only, and
+  the padding stays zero, as in the host transform. ``mean``: a scalar, a (3,) mean or
+  ``augment.PER_IMAGE`` (static)."""
+  x = images.astype(jnp.float32)
+  _, h, w, _ = x.shape
+  columns = jnp.arange(w)
+  source = jnp.where(flip[:, None], valid_hw[:, 1:2] - 1 - columns, columns)
+  x = jax.vmap(lambda image, cols: image[:, cols])(x, jnp.clip(source, 0, w - 1))
+  mask = ((jnp.arange(h)[None, :, None] < valid_hw[:, 0, None, None])
+          & (columns[None, None, :] < valid_hw[:, 1, None, None]))[..., None].astype(jnp.float32)
+  return _colour_and_normalise(x, alpha, mean, mask) * mask
+
+
 def finish_batch(canvases: jax.Array, windows: jax.Array, flip: jax.Array, alpha: jax.Array, mean: Any,
                  crop_size: int, size: int) -> jax.Array:
   """Normalised float32 inputs (B, size, size, 3) from the host's uint8 canvases (B, C, C, 3)
@@ -157,11 +202,4 @@ def finish_batch(canvases: jax.Array, windows: jax.Array, flip: jax.Array, alpha
   if size != crop_size:
     x = jax.image.resize(x, (b, size, size, c), method="linear", antialias=True)
   x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
-  shift = 255.0 * jnp.einsum("ij,bj->bi", jnp.asarray(augment.IMAGENET_EIGVEC),
-                             alpha * jnp.asarray(augment.IMAGENET_EIGVAL))
-  x = x + shift[:, None, None, :]
-  if isinstance(mean, str):
-    m = x.mean(axis=(1, 2), keepdims=True)
-    var = jnp.maximum((x * x).mean(axis=(1, 2), keepdims=True) - m * m, 0.0)
-    return (x - m) / jnp.maximum(jnp.sqrt(var), augment.PER_IMAGE_MIN_STD)
-  return (x - jnp.asarray(mean)) / jnp.float32(augment.NORM_SCALE)
+  return _colour_and_normalise(x, alpha, mean)

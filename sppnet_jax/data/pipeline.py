@@ -41,7 +41,7 @@ from sppnet_jax.data import augment, device_augment
 __all__ = [
   'steps_per_epoch', 'epoch_shuffle_seed', 'train_batches', 'eval_batches',
   'estimate_mean_image', 'bucket_shape', 'image_shapes', 'FullBatchPlan', 'full_epoch_plan',
-  'full_train_batches', 'default_worker_count', 'check_shard', 'eval_workers',
+  'full_train_batches', 'full_mode_mean', 'default_worker_count', 'check_shard', 'eval_workers',
 ]
 
 Batch = dict[str, np.ndarray]
@@ -250,38 +250,55 @@ def full_epoch_plan(shapes: np.ndarray, *, batch_size: int, seed: int, epoch: in
 @dataclasses.dataclass(frozen=True, eq=False)
 class _FullTrainTransform:
   """Loads one planned batch: each image at its short side, flipped, colour noise, normalised,
-  zero-padded to the bucket shape. Picklable for grain workers."""
+  zero-padded to the bucket shape (``on_device``: uint8 after the resize, with the flip and
+  noise draws). Picklable for grain workers."""
   source: Any
   seed: int
   epoch: int
   pca_std: float
   mean: Any
+  on_device: bool = False
 
   def __call__(self, batch: FullBatchPlan) -> dict[str, np.ndarray]:
     n = len(batch.index)
-    images = np.zeros((n, *batch.shape, 3), np.float32)
+    images = np.zeros((n, *batch.shape, 3), np.uint8 if self.on_device else np.float32)
     valid_hw = np.zeros((n, 2), np.int32)
     labels = np.zeros(n, np.int32)
+    flips, alphas = np.zeros(n, bool), np.zeros((n, 3), np.float32)
     for r, (i, short) in enumerate(zip(batch.index, batch.short_side)):
       example = self.source[int(i)]
       rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-      x = augment.random_flip(augment.resize_short_side(example['image'], int(short)), rng)
-      x = augment.normalize(augment.pca_color_noise(x, rng, self.pca_std), self.mean)
+      x = augment.resize_short_side(example['image'], int(short))
+      if self.on_device:
+        flips[r], alphas[r] = device_augment.flip_and_alpha(rng, self.pca_std)
+      else:
+        x = augment.normalize(augment.pca_color_noise(augment.random_flip(x, rng), rng, self.pca_std), self.mean)
       images[r, :x.shape[0], :x.shape[1]] = x
       valid_hw[r], labels[r] = x.shape[:2], example['label']
+    if self.on_device:
+      return {'image': images, 'valid_hw': valid_hw, 'flip': flips, 'alpha': alphas, 'label': labels}
     return {'image': images, 'valid_hw': valid_hw, 'label': labels}
+
+
+def full_mode_mean(mean: np.ndarray | float | str | None) -> np.ndarray | float | str | None:
+  """The mean of whole-image training, which must not depend on the input size: a mean image
+  becomes its per-channel mean; a scalar, a (3,) mean, ``PER_IMAGE`` or None stay."""
+  if mean is not None and not isinstance(mean, str) and np.ndim(mean) == 3:
+    return np.asarray(mean, np.float32).reshape(-1, 3).mean(0)
+  return mean
 
 
 def full_train_batches(source: Sequence[dict[str, Any]], plan: Sequence[FullBatchPlan], *, seed: int, epoch: int,
                        pca_std: float = 0.1, mean: np.ndarray | float | str | None = None,
                        start_step: int = 0, worker_count: int = 0, prefetch: int = 2,
-                       shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+                       shard: tuple[int, int] = (0, 1), on_device: bool = False) -> Iterator[Batch]:
   """The batches of a :func:`full_epoch_plan`, from ``start_step`` on:
   ``{'image': float32 (B, H, W, 3) zero-padded, 'valid_hw': int32 (B, 2), 'label': int32 (B,)}``.
 
-  ``mean`` must not depend on the input size (a scalar, a (3,) mean or ``PER_IMAGE``): a mean
-  image is reduced to its per-channel mean. ``worker_count``, ``prefetch`` and ``shard`` as in
-  :func:`train_batches`.
+  ``mean`` goes through :func:`full_mode_mean`. ``worker_count``, ``prefetch`` and ``shard`` as
+  in :func:`train_batches`. ``on_device``: the host stops after the resize: ``image`` is uint8
+  (zero-padded), with ``flip`` bool (B,) and ``alpha`` float32 (B, 3) drawn as the host
+  transform draws them; ``device_augment.finish_full_batch`` does the rest.
   """
   grain = _grain()
   if not 0 <= start_step <= len(plan):
@@ -291,9 +308,7 @@ def full_train_batches(source: Sequence[dict[str, Any]], plan: Sequence[FullBatc
     index, count = check_shard(shard, len(plan[0].index))
     rows = slice(index * len(plan[0].index) // count, (index + 1) * len(plan[0].index) // count)
     plan = [FullBatchPlan(b.shape, b.index[rows], b.short_side[rows]) for b in plan]
-  if mean is not None and not isinstance(mean, str) and np.ndim(mean) == 3:
-    mean = np.asarray(mean, np.float32).reshape(-1, 3).mean(0)
-  transform = _FullTrainTransform(source, seed, epoch, pca_std, mean)
+  transform = _FullTrainTransform(source, seed, epoch, pca_std, full_mode_mean(mean), bool(on_device))
   ds = grain.MapDataset.source(plan).map(transform)
   return iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=1)
 
