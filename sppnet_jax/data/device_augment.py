@@ -167,7 +167,7 @@ def _colour_and_normalise(x: jax.Array, alpha: jax.Array, mean: Any, mask: jax.A
     m = x.mean(axis=(1, 2), keepdims=True)
     var = jnp.maximum((x * x).mean(axis=(1, 2), keepdims=True) - m * m, 0.0)
   else:
-    count = jnp.sum(mask, axis=(1, 2), keepdims=True)
+    count = jnp.maximum(jnp.sum(mask, axis=(1, 2), keepdims=True), 1.0)  # an all-padding row stays finite
     m = jnp.sum(x * mask, axis=(1, 2), keepdims=True) / count
     var = jnp.maximum(jnp.sum(x * x * mask, axis=(1, 2), keepdims=True) / count - m * m, 0.0)
   return (x - m) / jnp.maximum(jnp.sqrt(var), augment.PER_IMAGE_MIN_STD)
