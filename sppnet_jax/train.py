@@ -150,7 +150,7 @@ def compiled_steps(config: ml_collections.ConfigDict, model: nn.Module, tx, stat
     specs = lambda hw: (_spec((b, *hw, 3), jnp.float32), _spec((b, 2), jnp.int32), _spec((b,), jnp.int32))
     return CompiledSteps(lambda hw: step, specs, state, mesh), ("image", "valid_hw", "label")
   if padded:
-    full_mean = device_augment.device_mean(pipeline.full_mode_mean(mean), 1)
+    full_mean = device_augment.device_mean(pipeline.full_mode_mean(mean))
 
     def train_step_full_augmented_on_device(state, images, valid_hw, flip, alpha, labels, key):
       return step(state, device_augment.finish_full_batch(images, valid_hw, flip, alpha, full_mean), valid_hw,

@@ -113,7 +113,7 @@ def test_whole_image_batches_on_device_equal_the_host_transform(mean):
   host = list(pipeline.full_train_batches(source, plan, **common))
   device = list(pipeline.full_train_batches(source, plan, on_device=True, **common))
   assert len(host) == len(device) == len(plan) > 0
-  device_mean = device_augment.device_mean(pipeline.full_mode_mean(mean), 1)
+  device_mean = device_augment.device_mean(pipeline.full_mode_mean(mean))
   finish = jax.jit(lambda *a: device_augment.finish_full_batch(*a, device_mean))
   flipped = 0
   for h, d in zip(host, device):

@@ -149,9 +149,12 @@ def resample_crops(canvases: jax.Array, windows: jax.Array, crop_size: int) -> j
   return jax.vmap(one)(canvases, windows)
 
 
-def device_mean(mean: Any, size: int) -> np.ndarray | str:
+def device_mean(mean: Any, size: int | None = None) -> np.ndarray | str:
   """The mean for an input of ``size``: ``augment.PER_IMAGE``, or a float32 array that broadcasts
-  against (size, size, 3) (a mean image resized as the host does, (3,), or a scalar)."""
+  against (size, size, 3) (a mean image resized as the host does, (3,), or a scalar). A mean
+  image needs ``size``; the others do not depend on it."""
+  if size is None and np.ndim(mean) == 3:
+    raise ValueError("a mean image is resized to the input, so device_mean needs its size")
   m = augment.DEFAULT_MEAN if mean is None else augment.mean_for_size(mean, size, size)
   return m if isinstance(m, str) else np.asarray(m, np.float32)
 

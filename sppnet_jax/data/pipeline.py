@@ -283,7 +283,7 @@ class _FullTrainTransform:
 def full_mode_mean(mean: np.ndarray | float | str | None) -> np.ndarray | float | str | None:
   """The mean of whole-image training, which must not depend on the input size: a mean image
   becomes its per-channel mean; a scalar, a (3,) mean, ``PER_IMAGE`` or None stay."""
-  if mean is not None and not isinstance(mean, str) and np.ndim(mean) == 3:
+  if np.ndim(mean) == 3:  # None, PER_IMAGE and scalars have ndim 0
     return np.asarray(mean, np.float32).reshape(-1, 3).mean(0)
   return mean
 

@@ -227,10 +227,12 @@ def fc7_features(head_params: Any, pooled: np.ndarray, batch: int = 256, dtype: 
   fc_width = int(head_params["fc7"]["kernel"].shape[1])
   n = len(pooled)
   out = np.empty((n, fc_width), np.float32)
+  chunk = np.zeros((batch, pooled.shape[1]), np.float32)  # reused: each call returns before the next fill
   for i in range(0, n, batch):
-    chunk = np.zeros((batch, pooled.shape[1]), np.float32)
-    chunk[:min(batch, n - i)] = pooled[i:i + batch]
-    out[i:i + batch] = np.asarray(_fc7(head_params, chunk, fc_width, jnp.dtype(dtype)))[:min(batch, n - i)]
+    rows = min(batch, n - i)
+    chunk[:rows] = pooled[i:i + rows]
+    chunk[rows:] = 0
+    out[i:i + rows] = np.asarray(_fc7(head_params, chunk, fc_width, jnp.dtype(dtype)))[:rows]
   return out
 
 

@@ -215,7 +215,7 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
     if bad.any():
       raise ValueError(f"image {i} has GT label {int(im.gt_labels[bad][0])} outside [0, {num_classes}).")
     if feature_scale is None and i in sample:
-      scale_rows.append(np.array(im.features))  # a copy: a view would keep its whole base array alive
+      scale_rows.append(im.features)
     for c in range(num_classes):
       sel = (im.gt_labels == c) & ~im.gt_difficult
       if not sel.any():
