@@ -31,7 +31,7 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sppnet_jax import evaluate, models
+from sppnet_jax import compiler, evaluate, models
 from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from sppnet_jax.config_checks import validate_config
@@ -114,9 +114,9 @@ class CompiledSteps:
     shape = (int(shape[0]), int(shape[1]))
     if shape not in self._compiled:
       inputs = self._input_specs(shape)
-      jitted = jax.jit(self._make_step(shape), in_shardings=(self._replicated, *[self._data] * len(inputs),
-                                                              self._replicated),
-                       out_shardings=(self._replicated, self._replicated), donate_argnums=0)
+      jitted = compiler.jit(self._make_step(shape), in_shardings=(self._replicated, *[self._data] * len(inputs),
+                                                                  self._replicated),
+                            out_shardings=(self._replicated, self._replicated), donate_argnums=0)
       key = jax.eval_shape(lambda: jax.random.key(0))
       self._compiled[shape] = jitted.lower(self._state, *inputs, key).compile()
     return self._compiled[shape]

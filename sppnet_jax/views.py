@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from sppnet_jax import models, ops
+from sppnet_jax import compiler, models, ops
 from sppnet_jax.data import augment, pipeline
 
 
@@ -149,7 +149,7 @@ def _run_batched(view: View, model, params, source, spec: ViewSpec) -> Predictio
 
 # --- device scoring -------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@compiler.jit(static_argnums=(0, 3))
 def _square_probs(model: models.SPPNet, params, images, net_size: int):
   """Softmax of square inputs, warped to ``net_size`` first when the network is fixed-size."""
   if model.levels is None and images.shape[1] != net_size:
@@ -157,7 +157,7 @@ def _square_probs(model: models.SPPNet, params, images, net_size: int):
   return jax.nn.softmax(model.apply({"params": params}, images))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
+@compiler.jit(static_argnums=(0, 4))
 def _full_probs(model: models.SPPNet, params, images, valid_hw, crop_size: int):
   variables = {"params": params}
   if model.levels is None:
@@ -230,7 +230,7 @@ def window_grid(valid_hw: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray
   return windows, keep
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@compiler.jit(static_argnums=0)
 def _window_probs_sum(model: models.SPPNet, params, images, valid_hw, windows, keep):
   """Sum of softmax over the kept windows of the image and of its flip."""
   variables = {"params": params}

@@ -4,8 +4,10 @@ Both sides run the same update on the same network (``bench.torch_peer`` builds 
 network from the Flax model's layer specs): forward in train mode (dropout on), softmax
 cross-entropy, backward, and SGD with momentum 0.9 at learning rate 0.01 (``optax.trace`` +
 ``p - lr * v``, torch's ``SGD(momentum=0.9)``). The JAX step is one jitted function with the
-parameters and momentum donated; the torch step compiles forward, loss and backward with
-``torch.compile`` (``channels_last``) and runs the optimizer eagerly.
+parameters and momentum donated, compiled with the project's ``compiler.NETWORK_COMPILER_OPTIONS``;
+the torch step compiles forward, loss and backward with ``torch.compile`` (``channels_last``) and
+runs the optimizer eagerly. ``--xla-defaults`` adds a third runner to every round: the same JAX
+step compiled with XLA's default options, so the options' effect is measured on the same rounds.
 
 Rounds alternate one JAX step and one torch step after warm-up, so both see the same machine
 load; the figure of merit is the median over rounds of torch's step time over JAX's (above 1:
@@ -25,16 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sppnet_jax import models
+from sppnet_jax import compiler, models
 from sppnet_jax.timing import environment, write_results
 
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
 CASES = (("zf5", 224), ("zf5", 180), ("overfeat7", 224), ("overfeat7", 180))
 
 
-def sgd_step(model: models.SPPNet, learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM) -> Callable:
-  """(params, momentum_state, images, labels, key) -> (params, momentum_state, loss), jitted, the
-  first two arguments donated."""
+def sgd_step(model: models.SPPNet, learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM,
+             compiler_options: dict | None = compiler.NETWORK_COMPILER_OPTIONS) -> Callable:
+  """(params, momentum_state, images, labels, key) -> (params, momentum_state, loss), jitted with
+  ``compiler_options`` (None: XLA's defaults), the first two arguments donated."""
   tx = optax.trace(decay=momentum)
 
   def step(params, opt_state, images, labels, key):
@@ -46,10 +49,11 @@ def sgd_step(model: models.SPPNet, learning_rate: float = LEARNING_RATE, momentu
     updates, opt_state = tx.update(grads, opt_state, params)
     return jax.tree.map(lambda p, u: p - learning_rate * u, params, updates), opt_state, loss
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  return jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options)
 
 
-def jax_runner(model: models.SPPNet, size: int, batch: int) -> tuple[Callable[[], None], float]:
+def jax_runner(model: models.SPPNet, size: int, batch: int,
+               compiler_options: dict | None = compiler.NETWORK_COMPILER_OPTIONS) -> tuple[Callable[[], None], float]:
   """A no-argument function running one JAX step (state kept inside), and the compile seconds."""
   params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
   opt_state = optax.trace(decay=MOMENTUM).init(params)
@@ -57,7 +61,7 @@ def jax_runner(model: models.SPPNet, size: int, batch: int) -> tuple[Callable[[]
   labels = jnp.zeros((batch,), jnp.int32)
   key = jax.random.key(0)
   start = time.perf_counter()
-  compiled = sgd_step(model).lower(params, opt_state, images, labels, key).compile()
+  compiled = sgd_step(model, compiler_options=compiler_options).lower(params, opt_state, images, labels, key).compile()
   compile_s = time.perf_counter() - start
   state = {"params": params, "opt": opt_state}
 
@@ -100,26 +104,43 @@ def interleaved(runners: dict[str, Callable[[], None]], rounds: int, warmup: int
 
 
 def compare(name: str, size: int, batch: int = 8, dtype: str = "float32", rounds: int = 7,
-            compile_model: bool = True) -> dict:
-  """One row: JAX and torch step times (medians and every round) and the median per-round ratio."""
+            compile_model: bool = True, xla_defaults: bool = False) -> dict:
+  """One row: JAX and torch step times (medians and every round) and the median per-round ratio;
+  with ``xla_defaults`` also the step compiled with XLA's default options, timed in the same rounds."""
   model = models.create_model(name, dtype=dtype)
-  jax_run, jax_compile_s = jax_runner(model, size, batch)
-  torch_run, torch_first_s = torch_runner(model, size, batch, dtype, compile_model)
-  times = interleaved({"jax": jax_run, "torch": torch_run}, rounds)
+  runners = {}
+  runners["jax"], jax_compile_s = jax_runner(model, size, batch)
+  if xla_defaults:
+    runners["jax_xla_defaults"], _ = jax_runner(model, size, batch, compiler_options=None)
+  runners["torch"], torch_first_s = torch_runner(model, size, batch, dtype, compile_model)
+  times = interleaved(runners, rounds)
   ratios = np.asarray(times["torch"]) / np.asarray(times["jax"])
-  return {"model": name, "input": size, "batch": batch, "dtype": dtype, "rounds": rounds,
-          "jax_ms": float(np.median(times["jax"])), "torch_ms": float(np.median(times["torch"])),
-          "jax_over_torch": float(np.median(ratios)), "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
-          "jax_ms_rounds": times["jax"], "torch_ms_rounds": times["torch"], "jax_compile_s": jax_compile_s,
-          "torch_first_step_s": torch_first_s, "torch": "torch.compile" if compile_model else "eager"}
+  row = {"model": name, "input": size, "batch": batch, "dtype": dtype, "rounds": rounds,
+         "jax_ms": float(np.median(times["jax"])), "torch_ms": float(np.median(times["torch"])),
+         "jax_over_torch": float(np.median(ratios)), "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
+         "jax_ms_rounds": times["jax"], "torch_ms_rounds": times["torch"], "jax_compile_s": jax_compile_s,
+         "torch_first_step_s": torch_first_s, "torch": "torch.compile" if compile_model else "eager",
+         "compiler_options": compiler.NETWORK_COMPILER_OPTIONS}
+  if xla_defaults:
+    gains = np.asarray(times["jax_xla_defaults"]) / np.asarray(times["jax"])
+    row.update(jax_xla_defaults_ms=float(np.median(times["jax_xla_defaults"])),
+               jax_xla_defaults_ms_rounds=times["jax_xla_defaults"], options_gain=float(np.median(gains)),
+               options_gain_min=float(gains.min()), options_gain_max=float(gains.max()))
+  return row
 
 
 def format_table(rows: Sequence[dict]) -> str:
+  defaults = any("options_gain" in r for r in rows)
+  extra_head = (" JAX, XLA defaults ms / step | defaults / project options (median, range) |" if defaults else "")
   lines = ["| model | input | dtype | batch | JAX ms / step | torch ms / step | JAX speed / torch (median of rounds) | "
-           "range over rounds |", "|---|---:|---|---:|---:|---:|---:|---|"]
+           "range over rounds |" + extra_head, "|---|---:|---|---:|---:|---:|---:|---|" + ("---:|---|" if defaults else "")]
   for r in rows:
-    lines.append(f"| {r['model']} | {r['input']} | {r['dtype']} | {r['batch']} | {r['jax_ms']:.0f} | {r['torch_ms']:.0f} | "
-                 f"{r['jax_over_torch']:.2f}x | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |")
+    line = (f"| {r['model']} | {r['input']} | {r['dtype']} | {r['batch']} | {r['jax_ms']:.0f} | {r['torch_ms']:.0f} | "
+            f"{r['jax_over_torch']:.2f}x | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |")
+    if defaults:
+      line += (f" {r['jax_xla_defaults_ms']:.0f} | {r['options_gain']:.2f}x ({r['options_gain_min']:.2f}-"
+               f"{r['options_gain_max']:.2f}) |" if "options_gain" in r else " | |")
+    lines.append(line)
   return "\n".join(lines)
 
 
@@ -140,12 +161,14 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
   parser.add_argument("--cases", nargs="+", metavar="MODEL:SIZE", type=_case,
                       default=list(CASES), help="e.g. overfeat7:224 zf5:180 (default: all four)")
+  parser.add_argument("--xla-defaults", action="store_true",
+                      help="also time the JAX step compiled with XLA's default options, in the same rounds")
   args = parser.parse_args(argv)
   import torch
   torch.set_num_threads(args.threads)
   rows = []
   for name, size in args.cases:
-    rows.append(compare(name, size, args.batch, args.dtype, args.rounds))
+    rows.append(compare(name, size, args.batch, args.dtype, args.rounds, xla_defaults=args.xla_defaults))
     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
   text = write_results(args.out, f"train_step_{jax.devices()[0].platform}_{args.dtype}",
                        "Training step, JAX beside the torch.compile peer, interleaved", environment(),

@@ -32,14 +32,13 @@ The compiled programs are keyed only by (trunk, bucket shape) and (trunk, chunk 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sppnet_jax import models, ops
+from sppnet_jax import compiler, models, ops
 from sppnet_jax.data import augment
 from sppnet_jax.data.pipeline import bucket_shape
 
@@ -195,14 +194,14 @@ def prepare_image(image: np.ndarray, scale: int, settings: FeatureSettings) -> t
 
 # ------------------------------------------------------------------------------------- compiled pieces
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@compiler.jit(static_argnames=("model",))
 def conv_map(model: models.SPPNet, params: Any, images: jax.Array, valid_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Trunk output of a padded batch and each map's valid (h, w): ``(B, Hm, Wm, C), (B, 2)``."""
   conv = model.apply({"params": params}, images, valid_hw, method=models.SPPNet.conv_features)
   return conv, models.map_extent(model.layers, valid_hw)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "levels"))
+@compiler.jit(static_argnames=("model", "levels"))
 def pool_windows(model: models.SPPNet, conv: jax.Array, map_hw: jax.Array, windows: jax.Array, valid: jax.Array,
                  levels: tuple[int, ...]) -> jax.Array:
   """Projects scaled pixel windows (B, R, 4) onto conv maps (B, Hm, Wm, C) and pools them: (B, R, D)."""
@@ -210,7 +209,7 @@ def pool_windows(model: models.SPPNet, conv: jax.Array, map_hw: jax.Array, windo
   return ops.roi_spp(conv, cells, valid, levels)
 
 
-@functools.partial(jax.jit, static_argnames=("fc_width", "dtype"))
+@compiler.jit(static_argnames=("fc_width", "dtype"))
 def _fc7(head_params: Any, pooled: jax.Array, fc_width: int, dtype: Any) -> jax.Array:
   head = models.Head(num_classes=1, fc_width=fc_width, dtype=dtype)
   return head.apply({"params": head_params}, pooled, False, True)

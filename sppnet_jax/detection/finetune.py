@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sppnet_jax import models
+from sppnet_jax import compiler, models
 from sppnet_jax.detection import boxes as box_ops
 from sppnet_jax.data.pipeline import iterate
 from sppnet_jax.detection import cache
@@ -194,7 +194,7 @@ def finetune_head(batches: Iterator[tuple[np.ndarray, np.ndarray]], trunk_head: 
   tx = make_optimizer(f)
   params = init_finetune_head(trunk_head, num_classes, float(f.fc8_std), int(config.seed))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  step = jax.jit(make_train_step(head, tx))
+  step = compiler.jit(make_train_step(head, tx))
   key = jax.random.key(int(config.seed) + 1)
   steps, every = int(f.steps), max(1, int(f.log_every))
   pending, last, start = [], {}, time.time()

@@ -16,14 +16,13 @@ surround it in the warped image (R-CNN used 16); 0 crops exactly the window.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sppnet_jax import models
+from sppnet_jax import compiler, models
 from sppnet_jax.data import augment
 from sppnet_jax.data.pipeline import bucket_shape
 from sppnet_jax.detection import features as feats
@@ -58,7 +57,7 @@ def warp_crops(image: jax.Array, windows: jax.Array, warp_size: int) -> jax.Arra
   return jax.vmap(one)(windows)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "warp_size"))
+@compiler.jit(static_argnames=("model", "warp_size"))
 def rcnn_pool5(model: models.SPPNet, params: Any, image: jax.Array, windows: jax.Array, valid: jax.Array,
                warp_size: int) -> jax.Array:
   """Pooled conv features (N, D) of warped windows; rows with ``valid`` False are zero."""

@@ -18,7 +18,6 @@ over it, so a row equals the unpadded image's features and a dataset costs a few
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import pathlib
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from sppnet_jax import models, ops, views
+from sppnet_jax import compiler, models, ops, views
 from sppnet_jax.data import augment, pipeline
 from sppnet_jax.detection.cache import atomic_savez
 
@@ -120,7 +119,7 @@ def _dense_relu(params: Any, x: jax.Array, dtype) -> jax.Array:
   return nn.relu(nn.Dense(params["kernel"].shape[1], dtype=dtype).apply({"params": params}, x))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@compiler.jit(static_argnums=(0, 3))
 def layer_features(model: models.SPPNet, params: Any, images: jax.Array, layers: tuple[str, ...],
                    valid_hw: jax.Array | None = None) -> dict[str, jax.Array]:
   """Features ``{layer: (B, D) float32}`` of a batch. ``valid_hw`` (B, 2), given for a padded
