@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from sppnet_jax import models, ops
-from sppnet_jax.bench import hardware, op_profile, pooling, proposals_peer, suite, table10, train_step
+from sppnet_jax.bench import conv_layers, hardware, op_profile, pooling, proposals_peer, suite, table10, train_step
 
 torch = pytest.importorskip("torch")
 from sppnet_jax.bench import torch_peer  # noqa: E402
@@ -104,6 +104,40 @@ def test_torch_train_step_matches_jax_step(small_models, rng, name):
     np.testing.assert_allclose(conv.weight.detach().numpy(), kernel, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(peer.fc8.bias.detach().numpy(), np.asarray(jax_params["head"]["fc8"]["bias"]),
                              rtol=1e-4, atol=1e-6)
+
+
+def test_conv_layer_inputs_follow_the_trunks():
+  """ZF-5 at 224 (the paper's table prints 55×55 after pool1, floor rounding gives 54; conv3-5 13×13 as
+  printed) and Overfeat-7 at 180, worked by hand from the layer specs."""
+  zf5 = {name: (shape, conv.kernel, conv.stride) for name, shape, conv in conv_layers.conv_inputs("zf5", 224, 8)}
+  assert zf5 == {"conv1": ((8, 224, 224, 3), 7, 2), "conv2": ((8, 54, 54, 96), 5, 2),
+                 "conv3": ((8, 13, 13, 256), 3, 1), "conv4": ((8, 13, 13, 384), 3, 1),
+                 "conv5": ((8, 13, 13, 384), 3, 1)}
+  overfeat = [shape for _, shape, _ in conv_layers.conv_inputs("overfeat7", 180, 2)]
+  assert overfeat == [(2, 180, 180, 3), (2, 29, 29, 96), (2, 14, 14, 256)] + [(2, 14, 14, 512)] * 4
+
+
+@pytest.mark.parametrize("stride,pad", [(2, 1), (1, 2)])
+def test_timed_conv_passes_agree_with_torch(stride, pad):
+  """The three timed passes compute what they are named for: each against torch's autograd on the
+  same tensors (the JAX passes draw their own, so torch is fed those)."""
+  conv = models.Conv(features=6, kernel=5, stride=stride, pad=pad)
+  shape = (2, 13, 11, 4)
+  passes = conv_layers.jax_passes(shape, conv, None)
+  y = np.asarray(passes["forward"]())
+  rng = np.random.default_rng(0)  # the draws of jax_passes, in its order
+  x = rng.standard_normal(shape).astype(np.float32)
+  w = (rng.standard_normal((5, 5, 4, 6)) * 0.01).astype(np.float32)
+  g = rng.standard_normal(y.shape).astype(np.float32)
+  tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
+  ty = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad)
+  ty.backward(torch.from_numpy(g.transpose(0, 3, 1, 2)))
+  np.testing.assert_allclose(y, ty.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(passes["input grad"]()), tx.grad.numpy().transpose(0, 2, 3, 1),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(passes["weight grad"]()), tw.grad.numpy().transpose(2, 3, 1, 0),
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_interleaved_alternates_runners_and_times_every_round():

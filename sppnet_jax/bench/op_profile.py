@@ -7,12 +7,14 @@ gradient has none and is named by its output shape, e.g. ``f32[96,5,5,256]`` for
 kernel). Times are summed over the traced steps and divided by their number; on a CPU the
 events of both worker threads are added, so the total exceeds the wall time of a step.
 
-    python -m sppnet_jax.bench.op_profile --model zf5 --size 224 [--reference]
+    python -m sppnet_jax.bench.op_profile --model zf5 --size 224 [--reference] [--xla-defaults]
 
 ``--reference`` profiles the same step with the library's plain formulations of max pooling
 (``flax.linen.max_pool``, differentiated by XLA's select-and-scatter) and LRN (``reduce_window``
 and ``power``, differentiated by autodiff) in place of ``ops.pooling.max_pool`` and
-``models.lrn``: the before/after of those two ops in one command.
+``models.lrn``: the before/after of those two ops in one command. ``--xla-defaults`` compiles
+the step with XLA's default options instead of ``compiler.NETWORK_COMPILER_OPTIONS`` (its
+convolutions become YNNPACK fusions).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sppnet_jax import models
+from sppnet_jax import compiler, models
 from sppnet_jax.bench import train_step
 
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+)")
@@ -87,16 +89,18 @@ def reference_ops():
 
 
 def profile_step(name: str, size: int, batch: int = 8, dtype: str = "float32", steps: int = 2,
-                 reference: bool = False) -> tuple[dict, float]:
+                 reference: bool = False, xla_defaults: bool = False) -> tuple[dict, float]:
   """(label -> ms per step, summed over threads) and the mean wall ms per step under the trace.
-  ``reference``: compile the step under ``reference_ops``."""
+  ``reference``: compile the step under ``reference_ops``; ``xla_defaults``: with XLA's default
+  compiler options."""
   import time
   model = models.create_model(name, dtype=dtype)
   params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
   opt_state = optax.trace(decay=train_step.MOMENTUM).init(params)
   images, labels, key = jnp.zeros((batch, size, size, 3)), jnp.zeros((batch,), jnp.int32), jax.random.key(0)
   with reference_ops() if reference else contextlib.nullcontext():
-    compiled = train_step.sgd_step(model).lower(params, opt_state, images, labels, key).compile()
+    options = None if xla_defaults else compiler.NETWORK_COMPILER_OPTIONS
+    compiled = train_step.sgd_step(model, compiler_options=options).lower(params, opt_state, images, labels, key).compile()
   table = instructions(compiled.as_text())
   for _ in range(2):
     params, opt_state, loss = compiled(params, opt_state, images, labels, key)
@@ -136,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--top", type=int, default=20)
   parser.add_argument("--reference", action="store_true", help="plain max pool and LRN (see the module docstring)")
+  parser.add_argument("--xla-defaults", action="store_true", help="compile with XLA's default options")
   args = parser.parse_args(argv)
-  totals, wall_ms = profile_step(args.model, args.size, args.batch, args.dtype, reference=args.reference)
+  totals, wall_ms = profile_step(args.model, args.size, args.batch, args.dtype, reference=args.reference,
+                                 xla_defaults=args.xla_defaults)
   text = format_profile(totals, wall_ms, top=args.top)
   print(text)
   return text

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sppnet_jax import compiler, models
+from sppnet_jax import compiler, models, stats
 from sppnet_jax.timing import environment, write_results
 
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
@@ -115,31 +115,38 @@ def compare(name: str, size: int, batch: int = 8, dtype: str = "float32", rounds
   runners["torch"], torch_first_s = torch_runner(model, size, batch, dtype, compile_model)
   times = interleaved(runners, rounds)
   ratios = np.asarray(times["torch"]) / np.asarray(times["jax"])
+  interval = stats.ratio_interval(ratios)
   row = {"model": name, "input": size, "batch": batch, "dtype": dtype, "rounds": rounds,
          "jax_ms": float(np.median(times["jax"])), "torch_ms": float(np.median(times["torch"])),
          "jax_over_torch": float(np.median(ratios)), "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
+         "ratio_geomean": interval.mean, "ratio_ci95": [interval.low, interval.high],
          "jax_ms_rounds": times["jax"], "torch_ms_rounds": times["torch"], "jax_compile_s": jax_compile_s,
          "torch_first_step_s": torch_first_s, "torch": "torch.compile" if compile_model else "eager",
          "compiler_options": compiler.NETWORK_COMPILER_OPTIONS}
   if xla_defaults:
     gains = np.asarray(times["jax_xla_defaults"]) / np.asarray(times["jax"])
+    gain = stats.ratio_interval(gains)
     row.update(jax_xla_defaults_ms=float(np.median(times["jax_xla_defaults"])),
-               jax_xla_defaults_ms_rounds=times["jax_xla_defaults"], options_gain=float(np.median(gains)),
-               options_gain_min=float(gains.min()), options_gain_max=float(gains.max()))
+               jax_xla_defaults_ms_rounds=times["jax_xla_defaults"], options_gain_geomean=gain.mean,
+               options_gain_ci95=[gain.low, gain.high])
   return row
 
 
 def format_table(rows: Sequence[dict]) -> str:
-  defaults = any("options_gain" in r for r in rows)
-  extra_head = (" JAX, XLA defaults ms / step | defaults / project options (median, range) |" if defaults else "")
-  lines = ["| model | input | dtype | batch | JAX ms / step | torch ms / step | JAX speed / torch (median of rounds) | "
-           "range over rounds |" + extra_head, "|---|---:|---|---:|---:|---:|---:|---|" + ("---:|---|" if defaults else "")]
+  """Per-round ratios as a median with the range, and as a geometric mean with its 95 % t interval."""
+  defaults = all("options_gain_geomean" in r for r in rows)
+  lines = ["| model | input | dtype | batch | JAX ms / step | torch ms / step | JAX speed / torch, median of rounds "
+           "(range) | geometric mean [95 % CI] |" + (" JAX, XLA defaults ms / step | XLA defaults / project options, "
+                                                   "geometric mean [95 % CI] |" if defaults else ""),
+           "|---|---:|---|---:|---:|---:|---|---|" + ("---:|---|" if defaults else "")]
   for r in rows:
+    low, high = r["ratio_ci95"]
     line = (f"| {r['model']} | {r['input']} | {r['dtype']} | {r['batch']} | {r['jax_ms']:.0f} | {r['torch_ms']:.0f} | "
-            f"{r['jax_over_torch']:.2f}x | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |")
+            f"{r['jax_over_torch']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
+            f"{r['ratio_geomean']:.2f}x [{low:.2f}, {high:.2f}] |")
     if defaults:
-      line += (f" {r['jax_xla_defaults_ms']:.0f} | {r['options_gain']:.2f}x ({r['options_gain_min']:.2f}-"
-               f"{r['options_gain_max']:.2f}) |" if "options_gain" in r else " | |")
+      low, high = r["options_gain_ci95"]
+      line += f" {r['jax_xla_defaults_ms']:.0f} | {r['options_gain_geomean']:.2f}x [{low:.2f}, {high:.2f}] |"
     lines.append(line)
   return "\n".join(lines)
 
