@@ -1,16 +1,19 @@
 """The XLA compiler options of every jitted function that runs a network, in one place.
 
-jaxlib 0.10's CPU compiler hands convolutions and dots to YNNPACK fusions by default (``ynn_fusion``
-custom fusions in ``compiled.as_text()``). For this project's trunks those are slower than XLA's
-own Eigen convolutions, most of all in the backward pass: conv1 of ZF-5 and Overfeat (7×7, stride
-2, 3 input channels) takes about 3× as long forward and 4.6× as long for its weight gradient, and
-the 3×3 and 5×5 layers of 256-512 channels 1.0-1.4× as long (per-layer timings in the README's
-training-step section). ``NETWORK_COMPILER_OPTIONS`` turns those fusions off; the field is one of
-XLA's CPU debug options, which other backends' compilers read past.
+- ``xla_cpu_experimental_ynn_fusion_type=""``: jaxlib 0.10's CPU compiler hands convolutions and
+  dots to YNNPACK fusions by default (``ynn_fusion`` custom fusions in ``compiled.as_text()``).
+  For this project's trunks those are slower than XLA's own Eigen convolutions, most of all for
+  weight gradients: for Overfeat-7 at 224 and 180, 1.6-3.0× as long for the 3×3 and 5×5 layers
+  and 5-6× for conv1 (7×7, stride 2, 3 input channels); ``python -m sppnet_jax.bench.conv_layers``
+  times each layer both ways.
+- ``xla_cpu_copy_insertion_use_region_analysis=True``: without it the compiled training step
+  copies every donated parameter before updating it in place (548 MB per step for Overfeat-7,
+  fc6's 420 MB kernel among them); with it the update writes into the donated buffers directly.
 
-The options go to ``jax.jit(..., compiler_options=...)`` rather than ``XLA_FLAGS``, so they hold
-for the network's functions whatever the environment says and leave every other computation of
-the process as it was.
+Both are fields of XLA's debug options that only the CPU compiler reads. They go to
+``jax.jit(..., compiler_options=...)`` rather than ``XLA_FLAGS``, so they hold for the network's
+functions whatever the environment says and leave every other computation of the process as it
+was.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any, Callable
 
 import jax
 
-NETWORK_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+NETWORK_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": "",
+                                            "xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def jit(fun: Callable | None = None, **jit_kwargs) -> Callable:

@@ -32,15 +32,23 @@ def test_network_jit_gives_xla_default_values_without_ynnpack():
   np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(default(x, w)), rtol=1e-4, atol=1e-3)
 
 
-def test_training_step_compiles_without_ynnpack_fusions():
+def _copied_state(hlo_text: str) -> list[str]:
+  """The entry computation's copies of the (donated) training state."""
+  entry = hlo_text[hlo_text.index("ENTRY"):]
+  return [line for line in entry.splitlines() if " copy(%state_" in line]
+
+
+def test_training_step_compiles_without_ynnpack_fusions_or_state_copies():
   """The compiled training step (``train.CompiledSteps``) of a small ZF-5: XLA's defaults would put
-  YNNPACK fusions in it; the project's options leave none."""
+  YNNPACK fusions in it and copy the donated parameters before updating them; the project's
+  options leave neither."""
   model = models.create_model("zf5", num_classes=4, width=0.0625, fc_width=16)
   tx = make_optimizer(configs.synthetic("single"), [4])
   state = init_state(model, tx, 64, seed=0)
   step = make_train_step(model, tx)
   specs = lambda hw: (jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32))
-  default = jax.jit(step).lower(state, *specs((64, 64)), jax.random.key(0)).compile().as_text()
-  assert "ynn_fusion" in default
+  default = jax.jit(step, donate_argnums=0).lower(state, *specs((64, 64)), jax.random.key(0)).compile().as_text()
+  assert "ynn_fusion" in default and any("params" in line for line in _copied_state(default))
   ours = train.CompiledSteps(lambda hw: step, specs, state, Mesh(jax.devices()[:1], ("data",)))[(64, 64)].as_text()
   assert "ynn_fusion" not in ours and "convolution(" in ours
+  assert _copied_state(ours) == []

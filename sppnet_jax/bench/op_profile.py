@@ -5,7 +5,11 @@ thunk event is matched to its HLO instruction in the compiled module, which name
 operation (``op_name`` metadata, e.g. ``.../trunk/conv2/conv_general_dilated``; a weight
 gradient has none and is named by its output shape, e.g. ``f32[96,5,5,256]`` for conv2's
 kernel). Times are summed over the traced steps and divided by their number; on a CPU the
-events of both worker threads are added, so the total exceeds the wall time of a step.
+events of both worker threads are added, so the total exceeds the wall time of a step. XLA's own
+(Eigen) convolutions, which the project's compiler options select, emit no trace event of their
+own: their time is missing from the table and from the traced total, and
+``bench.conv_layers`` times them layer by layer instead. With ``--xla-defaults`` they are
+YNNPACK fusions and appear.
 
     python -m sppnet_jax.bench.op_profile --model zf5 --size 224 [--reference] [--xla-defaults]
 
@@ -125,7 +129,8 @@ def profile_step(name: str, size: int, batch: int = 8, dtype: str = "float32", s
 
 def format_profile(totals: dict, wall_ms: float, top: int = 20) -> str:
   total = sum(totals.values())
-  lines = [f"step wall time under the trace: {wall_ms:.0f} ms; traced op time (all threads): {total:.0f} ms", "",
+  lines = [f"step wall time under the trace: {wall_ms:.0f} ms; traced op time (all threads): {total:.0f} ms "
+           "(XLA's Eigen convolutions are not traced: see bench.conv_layers)", "",
            "| op | ms per step | share |", "|---|---:|---:|"]
   for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
     lines.append(f"| {name} | {ms:.1f} | {ms / total:.1%} |")
