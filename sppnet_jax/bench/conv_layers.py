@@ -10,7 +10,7 @@ conv1 has no input gradient row, since the training step never differentiates th
 Median of ``--repeats`` runs after a warm-up, torch on ``--threads`` threads. Run from
 ``.venv-bench``::
 
-    .venv-bench/bin/python -m sppnet_jax.bench.conv_layers --model overfeat7 --size 224
+    .venv-bench/bin/python -m sppnet_jax.bench.conv_layers --model overfeat7 --size 224 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sppnet_jax import compiler, models
-from sppnet_jax.timing import median_ms
+from sppnet_jax.timing import environment, median_ms, write_results
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 PASSES = ("forward", "input grad", "weight grad")
@@ -114,6 +114,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default="benchmarks/results")
   parser.add_argument("--model", default="overfeat7", choices=sorted(models.TRUNKS))
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--batch", type=int, default=8)
@@ -122,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> str:
   args = parser.parse_args(argv)
   import torch
   torch.set_num_threads(args.threads)
-  text = format_table(compare(args.model, args.size, args.batch, args.repeats))
+  rows = compare(args.model, args.size, args.batch, args.repeats)
+  text = write_results(args.out, f"conv_layers_{args.model}_{args.size}_{jax.devices()[0].platform}",
+                       f"Convolutions of {args.model} at {args.size} alone: JAX, JAX with XLA's defaults, torch",
+                       dict(environment(), compiler_options=compiler.NETWORK_COMPILER_OPTIONS), format_table(rows), rows)
   print(text)
   return text
 
