@@ -171,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--xla-defaults", action="store_true",
                       help="also time the JAX step compiled with XLA's default options, in the same rounds")
   args = parser.parse_args(argv)
+  if args.rounds < 2:
+    parser.error(f"--rounds {args.rounds}: the 95 % interval of the per-round ratios needs at least 2 rounds")
   import torch
   torch.set_num_threads(args.threads)
   rows = []
