@@ -101,7 +101,8 @@ def test_padded_window_batches_equal_unpadded(net):
   chunked = feats.window_features(model, params, image, windows, feats.FeatureSettings(scales=(96,), window_batch=2))
   np.testing.assert_array_equal(exact.pool5, padded.pool5)
   np.testing.assert_array_equal(exact.pool5, chunked.pool5)
-  np.testing.assert_allclose(exact.fc7, padded.fc7, rtol=1e-6, atol=1e-6)
+  # the fc layers' matrix products sum in an order that follows the window batch: equal to float rounding
+  np.testing.assert_allclose(exact.fc7, padded.fc7, rtol=1e-5, atol=1e-5)
 
 
 def test_no_recompile_for_another_image_size_in_the_same_bucket(net):

@@ -111,8 +111,11 @@ def test_full_view_through_padded_buckets_equals_each_image_alone():
   batched = features.extract(model, params, source, layers, view)
   for i, example in enumerate(source):
     alone = features.layer_features(model, params, jnp.asarray(view.prepare(example["image"]))[None], layers)
-    for name in ("pool5", "spp"):  # the pooled maps are exact
-      np.testing.assert_array_equal(batched[name][i], np.asarray(alone[name])[0], err_msg=f"image {i} {name}")
+    # XLA's CPU convolutions sum in an order that follows the map's shape, so a padded bucket and the
+    # image alone agree to float rounding; padding that leaked into the valid region would differ by far more.
+    for name in ("pool5", "spp"):
+      np.testing.assert_allclose(batched[name][i], np.asarray(alone[name])[0], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"image {i} {name}")
     for name in ("fc6", "fc7"):  # a matrix product's summation order follows the batch size
       np.testing.assert_allclose(batched[name][i], np.asarray(alone[name])[0], rtol=1e-5, atol=1e-6)
 
