@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sppnet_jax import compiler, models
+from sppnet_jax import compiler, models, ops
 from sppnet_jax.timing import environment, median_ms, write_results
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -31,15 +31,11 @@ PASSES = ("forward", "input grad", "weight grad")
 
 def conv_inputs(name: str, size: int, batch: int) -> list[tuple[str, tuple[int, int, int, int], models.Conv]]:
   """(layer name, NHWC input shape, conv spec) of every conv layer of trunk ``name`` at ``size``."""
-  side, channels, out, index = size, 3, [], 0
-  for layer in models.TRUNKS[name]:
-    if isinstance(layer, models.Conv):
-      index += 1
-      out.append((f"conv{index}", (batch, side, side, channels), layer))
-      side, channels = (side + 2 * layer.pad - layer.kernel) // layer.stride + 1, layer.features
-    elif isinstance(layer, models.Pool):
-      side = (side - layer.window) // layer.stride + 1
-  return out
+  spatial = [layer for layer in models.TRUNKS[name] if isinstance(layer, (models.Conv, models.Pool))]
+  sides = [size, *ops.layer_shapes(models.spatial_layers(spatial), size)]  # the side before each spatial layer
+  convs = [(i, layer) for i, layer in enumerate(spatial) if isinstance(layer, models.Conv)]
+  channels = [3] + [layer.features for _, layer in convs]
+  return [(f"conv{n + 1}", (batch, sides[i], sides[i], channels[n]), layer) for n, (i, layer) in enumerate(convs)]
 
 
 def jax_passes(shape: tuple[int, ...], conv: models.Conv, compiler_options: dict | None) -> dict[str, Callable]:
