@@ -1,11 +1,12 @@
 """The scale ablation on the built-in data: does SPP help, does multi-size training help?
 
-Standard experiment (``experiments/synthetic/scale_<variant>.py``): no SPP, SPP single-size,
-SPP multi-size and SPP whole-image ('full') training, all on the same objects-size band,
-each evaluated on the centre crop and the full image of the same validation images and
-swept over test sizes. Shift experiment (``experiments/synthetic/shift_<variant>.py``):
-single- and multi-size SPP trained on a narrow band of object sizes and tested on the
-standard (wide) band, the same validation images again.
+The main job (``experiments/synthetic/scale_<variant>.py``): no SPP, SPP single-size and SPP
+multi-size, on the same object-size band, each evaluated on the centre crop and the full image
+of the same validation images (beside the same views of a fixed training subset: the fit
+diagnostics) and swept over test sizes. ``extended=True`` adds SPP whole-image ('full')
+training and the shift experiment (``experiments/synthetic/shift_<variant>.py``: single- and
+multi-size SPP trained on a narrow band of object sizes and tested on the standard band, the
+same validation images again).
 
 Every error carries its 95 % interval, every comparison of two networks its paired test
 (exact McNemar on the same images) and the interval of the difference, or, with
@@ -20,12 +21,14 @@ import json
 import pathlib
 import time
 
+import jax
 import ml_collections
 import numpy as np
 
-from sppnet_jax import configs, evaluate, report, stats, train
+from sppnet_jax import configs, evaluate, publish, report, stats, train
 
-STANDARD = ("nospp", "single", "multi", "full")
+MAIN = ("nospp", "single", "multi")
+STANDARD = MAIN + ("full",)  # extended: whole-image training on the standard band, and the shift pair
 SHIFT = ("single", "multi")
 # (label, variant A, variant B, views): each line reports error(A) - error(B).
 STANDARD_COMPARISONS = (
@@ -44,11 +47,11 @@ def run_name(variant: str, seed: int) -> str:
   return variant if seed == 0 else f"{variant}-seed{seed}"
 
 
-def ablation_configs(seeds: int = 1, shift: bool = True) -> dict[str, ml_collections.ConfigDict]:
+def ablation_configs(seeds: int = 1, extended: bool = False) -> dict[str, ml_collections.ConfigDict]:
   """Every run of the ablation by name; seed k > 0 changes the initialisation and data order
   (``train.seed``), never the images, so every run is scored on the same validation set."""
-  factories = [(variant, lambda v=variant: configs.synthetic(v)) for variant in STANDARD]
-  if shift:
+  factories = [(variant, lambda v=variant: configs.synthetic(v)) for variant in (STANDARD if extended else MAIN)]
+  if extended:
     factories += [(f"shift-{variant}", lambda v=variant: configs.synthetic_shift(v)) for variant in SHIFT]
   runs = {}
   for seed in range(seeds):
@@ -107,18 +110,43 @@ def _result(run_dir: pathlib.Path) -> dict:
 
 
 def _main_table(runs: list[dict]) -> str:
-  lines = ["| run | crop top-1 err % [95 % CI] | full top-1 err % [95 % CI] | crop top-5 | full top-5 | images "
+  """Validation errors with intervals, the fit diagnostics (training-subset error and the gap
+  val − train, per view) and whether the validation curve was still falling."""
+  lines = ["| run | crop top-1 err % [95 % CI] | full top-1 err % [95 % CI] | crop top-5 | full top-5 "
+           "| train-subset top-1 err % crop / full | gap val − train crop / full "
            "| val error drop in the last third (flat if < CI half-width) |",
-           "|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|"]
   for run in runs:
     r, conv = run["results"], report.convergence(run)
     flat = "–" if conv is None else (f"{conv['drop']:+.1f} (epochs {conv['from_epoch']:.0f}→{conv['to_epoch']:.0f}; "
                                      f"± {conv['half_width']:.1f}): {'flat' if conv['flat'] else 'NOT flat'}")
+    fit = r.get(evaluate.TRAIN_SUBSET, {})
+    train_err = " / ".join(report.with_interval(fit[v]) if v in fit else "–" for v in ("crop", "full"))
+    gap = " / ".join(f"{r[v]['top1_error'] - fit[v]['top1_error']:+.1f}" if v in fit else "–" for v in ("crop", "full"))
     name = run["workdir"].name + (" (full view warped)" if r["full"].get("warped") else "")
     lines.append(f"| {name} | {report.with_interval(r['crop'])} | {report.with_interval(r['full'])} "
                  f"| {report.with_interval(r['crop'], 'top5')} | {report.with_interval(r['full'], 'top5')} "
-                 f"| {r['crop']['num_examples']} | {flat} |")
+                 f"| {train_err} | {gap} | {flat} |")
   return "\n".join(lines)
+
+
+def _two_sizes_table(runs: list[dict]) -> str:
+  """Training-subset and validation top-1 error of each multi-size run at both of its sizes."""
+  lines = ["| run | input size | view | train-subset top-1 err % [95 % CI] | val top-1 err % [95 % CI] |",
+           "|---|---|---|---|---|"]
+  for run in runs:
+    r = run["results"]
+    if evaluate.SECOND_SIZE not in r:
+      continue
+    crop = run["config"]["data"]["crop_size"]
+    second = r[evaluate.SECOND_SIZE]
+    at_size = ((crop, r.get(evaluate.TRAIN_SUBSET, {}), evaluate.view_results(r)),
+               (second["size"], second.get(evaluate.TRAIN_SUBSET, {}), second["validation"]))
+    for size, fit, val in at_size:
+      for view in val:
+        train_err = report.with_interval(fit[view]) if view in fit else "–"
+        lines.append(f"| {run['workdir'].name} | {size} | {view} | {train_err} | {report.with_interval(val[view])} |")
+  return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _seed_table(workdir: pathlib.Path, names: list[str], seeds: int) -> str:
@@ -156,6 +184,10 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1, seconds: 
       f"{100 * (1 - 1 / 12):.1f} % top-1.", "",
       "## Standard: no SPP, SPP single-size, multi-size, whole-image training", "",
       _main_table(standard_runs), ""]
+  two_sizes = _two_sizes_table(standard_runs + shift_runs)
+  if two_sizes:
+    text += ["Multi-size networks at both of their training sizes (the second size is the crop resized, as in "
+             "training):", "", two_sizes, ""]
   if seeds > 1:
     complete = [v for v in STANDARD if all(run_name(v, s) in present for s in range(seeds))]
     text += [_seed_table(workdir, complete, seeds), ""]
@@ -184,17 +216,28 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1, seconds: 
   return out
 
 
-def run_scale_ablation(workdir: str | pathlib.Path, seeds: int = 1, shift: bool = True) -> str:
+def run_scale_ablation(workdir: str | pathlib.Path, seeds: int = 1, extended: bool = False) -> str:
   """Trains (or resumes) every run of the ablation, then writes and returns the report."""
   if seeds < 1:
     raise ValueError(f"seeds must be at least 1; got {seeds}.")
   workdir = pathlib.Path(workdir)
+  compilation_cache(workdir)
   seconds = {}
-  for name, config in ablation_configs(seeds, shift).items():
+  for name, config in ablation_configs(seeds, extended).items():
     start = time.perf_counter()
     result = train.train_and_evaluate(config, workdir / name)
     if result.get("preempted"):
       return (f"Stopped during run {name!r} (saved at step {result['global_step']}); rerun the same command to "
               "resume.\n")
     seconds[name] = time.perf_counter() - start
-  return write_ablation_report(workdir, seeds, seconds) + f"\nReport: {workdir / 'report.md'}\n"
+  text = write_ablation_report(workdir, seeds, seconds)
+  publish.record_wall_time(workdir, f"sppnet ablation --seeds {seeds}" + (" --extended" if extended else ""), seconds)
+  return text + f"\nReport: {workdir / 'report.md'}\n"
+
+
+def compilation_cache(workdir: pathlib.Path) -> None:
+  """Keeps compiled executables in ``<workdir>/compile_cache``: the ablation's networks share
+  their shapes, so each evaluation shape compiles once for all of them (and for a rerun)."""
+  jax.config.update("jax_compilation_cache_dir", str(workdir / "compile_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -4,7 +4,9 @@
   sppnet evaluate   --workdir DIR --views crop,full,ten,multiview [--sweep] [--config.eval.FIELD=VALUE ...]
   sppnet report     DIR [DIR ...] --out report.md
   sppnet summary    --model zf5 --size 224 [--nospp]
-  sppnet ablation   --workdir DIR [--seeds N] [--noshift]   (the scale ablation on the built-in data)
+  sppnet ablation   --workdir DIR [--seeds N] [--extended]   (the scale ablation on the built-in data)
+  sppnet budget-curve --workdir DIR [--factors 1,2,4]   (multi- against single-size at several budgets)
+  sppnet publish    --workdir DIR --out docs/results/NAME   (a workdir's reports and records, to commit)
   sppnet detect     --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
   sppnet detect     --workdir DIR --image PATH [--out detections.png] [--top_k 10] [--score_threshold S]
   sppnet transfer   --config experiments/transfer/X.py --workdir DIR   (Tables 6-7: SVMs on SPP features)
@@ -39,7 +41,9 @@ flags.DEFINE_list("views", None, "Test views for evaluate: crop, full, ten, mult
 flags.DEFINE_bool("sweep", False, "evaluate: also run the test-size sweep (eval.sweep_views at eval.sweep_sizes).")
 flags.DEFINE_integer("seeds", 1, "ablation: training seeds per variant (more than 1: mean ± std and a t-test "
                      "across seeds).", lower_bound=1)
-flags.DEFINE_bool("shift", True, "ablation: also run the scale-shift experiment (narrow training band).")
+flags.DEFINE_bool("extended", False, "ablation: also train whole-image ('full') SPP and the scale-shift pair "
+                  "(narrow training band).")
+flags.DEFINE_list("factors", ["1", "2", "4"], "budget-curve: multiples of the ablation's training budget.")
 flags.DEFINE_string("out", None, "Output path (report: report.md; detect --image: detections.png) or directory "
                     "(bench: benchmarks/results).")
 flags.DEFINE_string("model", "zf5", "Network for summary: zf5, convnet5, overfeat5, overfeat7.")
@@ -115,9 +119,11 @@ def _evaluate(args) -> None:
   config, model, params, mean = workdir_lib.load_run(workdir)
   _apply_eval_overrides(config, args)
   names = sources.load_class_names(workdir)
-  source = workdir_lib.config_source(config.data, "eval", **({"class_names": names} if names else {}))
+  by_name = {"class_names": names} if names else {}
+  source = workdir_lib.config_source(config.data, "eval", **by_name)
+  train_source = workdir_lib.config_source(config.data, "train", **by_name)
   results = evaluate.evaluate_run(model, params, source, config=config, mean=mean, workdir=workdir,
-                                  view_names=FLAGS.views, sweep=FLAGS.sweep)
+                                  view_names=FLAGS.views, sweep=FLAGS.sweep, train_source=train_source)
   print(json.dumps(results, indent=2))
 
 
@@ -135,7 +141,22 @@ def _summary(args) -> None:
 
 def _ablation(args) -> None:
   from sppnet_jax import ablation
-  print(ablation.run_scale_ablation(FLAGS.workdir or "runs/scale_ablation", seeds=FLAGS.seeds, shift=FLAGS.shift))
+  print(ablation.run_scale_ablation(FLAGS.workdir or "runs/scale_ablation", seeds=FLAGS.seeds,
+                                    extended=FLAGS.extended))
+
+
+def _publish(args) -> None:
+  from sppnet_jax import publish
+  print(f"Published to {publish.publish(_require('workdir'), _require('out'))}")
+
+
+def _budget_curve(args) -> None:
+  from sppnet_jax import budget
+  try:
+    factors = [int(f) for f in FLAGS.factors]
+  except ValueError:
+    raise app.UsageError(f"--factors takes whole numbers separated by commas, e.g. 1,2,4; got {FLAGS.factors}.")
+  print(budget.run_budget_curve(FLAGS.workdir or "runs/scale_ablation", factors))
 
 
 def _detect(args) -> None:
@@ -202,9 +223,15 @@ COMMANDS: dict[str, Command] = {
     "summary": Command(_summary, "sppnet summary [--model zf5] [--size 224] [--nospp]",
                        "Prints a network's layers with their output shapes and parameter counts.",
                        ("model", "size", "nospp")),
-    "ablation": Command(_ablation, "sppnet ablation [--workdir runs/scale_ablation] [--seeds N] [--noshift]",
+    "ablation": Command(_ablation, "sppnet ablation [--workdir runs/scale_ablation] [--seeds N] [--extended]",
                         "Runs the scale ablation on the built-in data and prints its report.",
-                        ("workdir", "seeds", "shift")),
+                        ("workdir", "seeds", "extended")),
+    "budget-curve": Command(_budget_curve, "sppnet budget-curve [--workdir runs/scale_ablation] [--factors 1,2,4]",
+                            "Trains single- and multi-size at multiples of the ablation's budget and reports "
+                            "multi − single at each (paired, 95 % intervals).", ("workdir", "factors")),
+    "publish": Command(_publish, "sppnet publish --workdir runs/scale_ablation --out docs/results/scale_ablation",
+                       "Copies a workdir's reports, figures and run records (config, eval, metrics) into a folder to "
+                       "commit, with provenance.json (commit, wall times, environment).", ("workdir", "out")),
     "detect": Command(_detect, "sppnet detect --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR\n"
                       "       sppnet detect --workdir DIR --image PATH [--out detections.png] [--top_k 10] "
                       "[--score_threshold S]",

@@ -172,6 +172,7 @@ FIELDS: dict[str, Check] = {
     "eval.sweep_views": _subset(VIEW_NAMES),
     "eval.sweep_examples": _int_at_least(1),
     "eval.curve_examples": _optional(_int_at_least(1)),
+    "eval.train_subset_examples": _optional(_int_at_least(0)),
     "variant": _choice(VARIANTS),
 }
 

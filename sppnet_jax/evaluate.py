@@ -7,6 +7,11 @@ Here: :func:`predict` (per-example probabilities of one view at one test size),
 kept in a workdir (``predictions.npz``) so that runs scored on the same images can be
 compared pairwise (:mod:`sppnet_jax.stats`).
 
+Fit diagnostics: :func:`train_subset` is a fixed, seeded subset of the *training* images
+(``eval.train_subset_examples``), scored under the same views without augmentation, so that
+every result has its training error beside its validation error (``train_subset`` in
+``eval.json``). A multi-size run is also scored at its second size (``second_size``).
+
 With several JAX processes :func:`predict` splits the examples: process ``i`` of ``n`` reads,
 decodes and scores examples ``i, i + n, i + 2n, ...`` and the processes exchange their
 predictions, so every process returns all of them (the same arrays as one process would).
@@ -100,10 +105,10 @@ def size_sweep(model: models.SPPNet, params, source, *, config: ml_collections.C
 PREDICTIONS_FILE = "predictions.npz"
 
 
-def record_key(view: str, size: int, sweep: bool = False) -> str:
-  """The name of one view's per-example record: ``crop@112``, or ``sweep:crop@56`` for the
-  sweep's subset of the evaluation split."""
-  return f"{'sweep:' if sweep else ''}{view}@{int(size)}"
+def record_key(view: str, size: int, sweep: bool = False, train: bool = False) -> str:
+  """The name of one view's per-example record: ``crop@112``; ``sweep:crop@56`` for the sweep's
+  subset of the evaluation split; ``train:crop@112`` for the fixed subset of the training split."""
+  return f"{'sweep:' if sweep else ''}{'train:' if train else ''}{view}@{int(size)}"
 
 
 def save_predictions(workdir: str | pathlib.Path, predictions: dict[str, views.Predictions]) -> None:
@@ -149,43 +154,95 @@ def first_examples(source, n: int):
 
 
 EVAL_FILE = "eval.json"
+# Entries of eval.json that are not a view's validation result at the training crop size.
+SWEEP, TRAIN_SUBSET, SECOND_SIZE = "sweep", "train_subset", "second_size"
+
+
+def view_results(results: dict) -> dict:
+  """The validation result of each view at the training crop size, from an ``eval.json``."""
+  return {k: v for k, v in results.items() if k not in (SWEEP, TRAIN_SUBSET, SECOND_SIZE)}
+
+
+def train_subset(train_source, config: ml_collections.ConfigDict):
+  """The fixed subset of the training split the fit diagnostics score: ``eval.train_subset_examples``
+  examples drawn with ``data.seed`` (stratified where the source knows its labels), the same at
+  every validation and in every run of the same data; None when the field is 0 or None."""
+  n = config.eval.get("train_subset_examples") or 0
+  return sources.draw_subset(train_source, int(n), seed=config.data.seed) if n else None
+
+
+def second_size(config: ml_collections.ConfigDict) -> int | None:
+  """The second input size of a multi-size run (None for other modes or when it equals the crop)."""
+  size = config.data.get("second_size")
+  if config.train.get("mode") != "multi" or size is None or int(size) == int(config.data.crop_size):
+    return None
+  return int(size)
 
 
 def evaluate_run(model: models.SPPNet, params, source, *, config: ml_collections.ConfigDict, mean,
-                 workdir: str | pathlib.Path, view_names=None, sweep: bool = True, write: bool = True) -> dict:
+                 workdir: str | pathlib.Path, view_names=None, sweep: bool = True, write: bool = True,
+                 train_source=None) -> dict:
   """Evaluates a trained run and records it in its workdir.
 
-  Every view of ``view_names`` (default ``eval.views``) at the training crop size, then, with
-  ``sweep`` and ``eval.sweep_sizes`` set, every view of ``eval.sweep_views`` at every size of
+  Every view of ``view_names`` (default ``eval.views``) at the training crop size; with
+  ``train_source``, the same views on its :func:`train_subset` (``train_subset``); for a
+  multi-size run both again at the second size (``second_size``); then, with ``sweep`` and
+  ``eval.sweep_sizes`` set, every view of ``eval.sweep_views`` at every size of
   ``eval.sweep_sizes`` on the first ``eval.sweep_examples`` examples. Summaries (errors with
-  95 % intervals) are merged into ``workdir/eval.json`` (``{view: ..., 'sweep': {view: {size:
-  ...}}}``), per-example mistakes into ``workdir/predictions.npz`` (unless not ``write``: the other
-  processes of a multi-process run, which take part but leave the files to process 0). Returns
-  the summaries.
+  95 % intervals) are merged into ``workdir/eval.json`` (``{view: ..., 'train_subset': {view:
+  ...}, 'second_size': {'size': s, 'validation': {view: ...}, 'train_subset': {view: ...}},
+  'sweep': {view: {size: ...}}}``), per-example mistakes into ``workdir/predictions.npz``
+  (unless not ``write``: the other processes of a multi-process run, which take part but leave
+  the files to process 0). Returns the summaries.
   """
   e, crop = config.eval, config.data.crop_size
   view_names = tuple(view_names or e.views)
+  fit = train_subset(train_source, config) if train_source is not None else None
   records, results = {}, {}
-  for view in view_names:
-    p = predict(model, params, source, view=view, config=config, mean=mean)
-    records[record_key(view, crop)] = p
-    results[view] = summarize(p)
+
+  def score(split_source, size: int, train: bool) -> dict:
+    out = {}
+    for view in view_names:
+      p = predict(model, params, split_source, view=view, config=config, mean=mean, size=size)
+      records[record_key(view, size, train=train)] = p
+      out[view] = summarize(p)
+    return out
+
+  results.update(score(source, crop, train=False))
+  if fit is not None:
+    results[TRAIN_SUBSET] = score(fit, crop, train=True)
+  second = second_size(config)
+  if second is not None:
+    results[SECOND_SIZE] = {"size": second, "validation": score(source, second, train=False)}
+    if fit is not None:
+      results[SECOND_SIZE][TRAIN_SUBSET] = score(fit, second, train=True)
   sizes = tuple(e.get("sweep_sizes") or ())
   if sweep and sizes:
     subset = first_examples(source, e.get("sweep_examples") or len(source))
-    results["sweep"] = {}
+    results[SWEEP] = {}
     for (view, size), p in size_sweep(model, params, subset, config=config, mean=mean, sizes=sizes,
                                       view_names=tuple(e.sweep_views)).items():
       records[record_key(view, size, sweep=True)] = p
-      results["sweep"].setdefault(view, {})[str(size)] = summarize(p)
+      results[SWEEP].setdefault(view, {})[str(size)] = summarize(p)
   if not write:
     return results
   workdir = pathlib.Path(workdir)
   save_predictions(workdir, records)
   path = workdir / EVAL_FILE
   merged = json.loads(path.read_text()) if path.exists() else {}
+  for key in (TRAIN_SUBSET, SECOND_SIZE):  # nested entries merge per view, like the top level
+    if key in results and isinstance(merged.get(key), dict):
+      results[key] = _merge(merged[key], results[key])
   merged.update(results)
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(merged, indent=2))
   tmp.replace(path)
   return results
+
+
+def _merge(old: dict, new: dict) -> dict:
+  """``old`` updated by ``new``, dictionaries merged key by key (so evaluating one view keeps the others)."""
+  out = dict(old)
+  for key, value in new.items():
+    out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+  return out

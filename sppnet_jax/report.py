@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from sppnet_jax import configs
+from sppnet_jax import configs, evaluate
 from sppnet_jax.metrics_io import read_metrics
 
 VARIANT_NAMES = {"nospp": "no SPP", "single": "SPP single-size", "multi": "SPP multi-size", "random": "SPP random-size",
@@ -59,9 +59,7 @@ def results_table(runs: list[dict]) -> str:
   for run in runs:
     c = run["config"]
     levels = "–" if not c["model"]["spp"] else "{" + ",".join(map(str, c["model"]["levels"])) + "}"
-    for view, r in run["results"].items():
-      if view == "sweep":
-        continue
+    for view, r in evaluate.view_results(run["results"]).items():
       p1, p5 = _paper(run, view)
       lines.append(f"| {run['workdir'].name} | {c['model']['name']} | {VARIANT_NAMES.get(c['variant'], c['variant'])} "
                    f"| {levels} | {view}{' (warped)' if r.get('warped') else ''} | {with_interval(r, 'top1')} "
@@ -96,7 +94,8 @@ def convergence(run: dict) -> dict | None:
 
 
 def plot_curves(runs: list[dict], path: pathlib.Path) -> None:
-  """Training loss and validation top-1 error against epochs, one line per run."""
+  """Training loss, and top-1 error against epochs: validation (solid) and the fixed training
+  subset (dashed, the same colour), one colour per run."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -108,9 +107,14 @@ def plot_curves(runs: list[dict], path: pathlib.Path) -> None:
     if train:
       ax_loss.plot([m["epoch"] for m in train], [m["train/loss"] for m in train], label=label)
     if val:
-      ax_err.plot([m["epoch"] for m in val], [m["val/top1_error"] for m in val], marker="o", label=label)
+      line, = ax_err.plot([m["epoch"] for m in val], [m["val/top1_error"] for m in val], marker="o", label=label)
+      fit = [m for m in val if "train_subset/top1_error" in m]
+      if fit:
+        ax_err.plot([m["epoch"] for m in fit], [m["train_subset/top1_error"] for m in fit], marker=".",
+                    linestyle="--", color=line.get_color())
   ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
-  ax_err.set(xlabel="epoch", ylabel="top-1 error % (centre crop)", title="validation error")
+  ax_err.set(xlabel="epoch", ylabel="top-1 error % (centre crop)",
+             title="validation (solid) and training-subset (dashed) error")
   for ax in (ax_loss, ax_err):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

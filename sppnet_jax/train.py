@@ -358,6 +358,7 @@ class _Run:
   train_source: Any
   eval_source: Any
   curve_source: Any
+  fit_source: Any  # the fixed subset of training images of the fit diagnostics (None: off)
   mean: Any
   shapes: np.ndarray | None
   sizes: list[int]
@@ -465,6 +466,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption
     logging.info("resumed from %s at epoch %d, step %d", workdir, progress.epoch, progress.step)
   writer = MetricWriter(workdir, drop_after_step=progress.global_step) if _is_primary() else _NoWriter()
   curve_source = evaluate.first_examples(eval_source, config.eval.get("curve_examples") or len(eval_source))
+  fit_source = evaluate.train_subset(train_source, config)
 
   replicated = NamedSharding(mesh, P())
   state = _replicated(state, mesh)
@@ -472,19 +474,25 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption
   if not padded:
     steps.precompile(sizes[progress.epoch:] or sizes[-1:])
   _barrier("compiled")
-  run = _Run(config, workdir, model, train_source, eval_source, curve_source, mean, shapes, sizes, mesh, steps,
+  run = _Run(config, workdir, model, train_source, eval_source, curve_source, fit_source, mean, shapes, sizes, mesh,
+             steps,
              names, manager, writer, jax.jit(lambda: jax.random.key(t.seed), out_shardings=replicated)(), preemption,
              jax.jit(lambda opt_state, error: state_lib.observe_validation(config, opt_state, error)))
   return run, state, progress
 
 
 def _validate(run: _Run, state: TrainState, progress: Progress) -> tuple[TrainState, Progress]:
-  """The crop-view validation error on the curve examples, logged and shown to the plateau rule."""
+  """The crop-view validation error on the curve examples, logged and shown to the plateau rule,
+  with the same view's error on the fixed training subset beside it (``train_subset/*``)."""
   run.manager.wait_until_finished()  # the epoch's checkpoint is complete before anything can fail
+  params = _local(state.params)
+  score = lambda source: evaluate.evaluate_params(run.model, params, source, view="crop", config=run.config,
+                                                  mean=run.mean)
   with pipeline.eval_workers(worker_count(run.config)):
-    val = evaluate.evaluate_params(run.model, _local(state.params), run.curve_source, view="crop",
-                                   config=run.config, mean=run.mean)
-  run.writer.write(progress.global_step, {f"val/{k}": v for k, v in _scalars(val).items()} | {"epoch": progress.epoch})
+    val = score(run.curve_source)
+    fit = score(run.fit_source) if run.fit_source is not None else {}
+  run.writer.write(progress.global_step, {f"val/{k}": v for k, v in _scalars(val).items()}
+                   | {f"train_subset/{k}": v for k, v in _scalars(fit).items()} | {"epoch": progress.epoch})
   opt_state = run.observe(_local(state.opt_state), np.float32(val["top1_error"]))
   opt_state = _replicated(opt_state, run.mesh)
   return state.replace(opt_state=opt_state), dataclasses.replace(progress, pending_eval=False)
@@ -576,9 +584,11 @@ def _final_evaluation(run: _Run, state: TrainState, progress: Progress) -> dict:
 def _evaluate_and_close(run: _Run, params, progress: Progress) -> dict:
   # Every process scores its share of the examples; process 0 writes the results.
   results = evaluate.evaluate_run(run.model, params, run.eval_source, config=run.config, mean=run.mean,
-                                  workdir=run.workdir, write=_is_primary())
-  run.writer.write(progress.global_step, {f"final/{v}/{k}": x for v, r in results.items() if v != "sweep"
-                                          for k, x in _scalars(r).items()})
+                                  workdir=run.workdir, write=_is_primary(), train_source=run.train_source)
+  final = {f"final/{v}/{k}": x for v, r in evaluate.view_results(results).items() for k, x in _scalars(r).items()}
+  final |= {f"final/train_subset/{v}/{k}": x for v, r in results.get(evaluate.TRAIN_SUBSET, {}).items()
+            for k, x in _scalars(r).items()}
+  run.writer.write(progress.global_step, final)
   run.writer.close()
   return results
 

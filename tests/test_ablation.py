@@ -105,11 +105,11 @@ def test_seeds_report_mean_std_and_a_t_test_across_seeds(runs, tmp_path):
 
 
 def test_ablation_configs_vary_the_training_seed_never_the_evaluation_images():
-  runs = ablation.ablation_configs(seeds=2)
+  runs = ablation.ablation_configs(seeds=2, extended=True)
   assert list(runs)[:6] == ["nospp", "single", "multi", "full", "shift-single", "shift-multi"]
   assert {name: c.train.seed for name, c in runs.items()}["shift-multi-seed1"] == 1
   assert all(c.train.seed == (1 if name.endswith("-seed1") else 0) for name, c in runs.items())
   evaluation = {(c.data.eval_split, c.data.num_eval, c.data.seed, tuple(c.data.eval_object_size)) for c in runs.values()}
   assert len(evaluation) == 1  # every run is scored on the same images, so paired tests apply
   assert tuple(runs["shift-single"].data.train_object_size) != tuple(runs["single"].data.train_object_size)
-  assert list(ablation.ablation_configs(shift=False)) == ["nospp", "single", "multi", "full"]
+  assert list(ablation.ablation_configs()) == ["nospp", "single", "multi"]
