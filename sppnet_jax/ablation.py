@@ -110,23 +110,20 @@ def _result(run_dir: pathlib.Path) -> dict:
 
 
 def _main_table(runs: list[dict]) -> str:
-  """Validation errors with intervals, the fit diagnostics (training-subset error and the gap
-  val − train, per view) and whether the validation curve was still falling."""
+  """Validation errors with intervals and the fit diagnostics: the fixed training subset's error
+  under the same views and the gap val − train, per view."""
   lines = ["| run | crop top-1 err % [95 % CI] | full top-1 err % [95 % CI] | crop top-5 | full top-5 "
-           "| train-subset top-1 err % crop / full | gap val − train crop / full "
-           "| val error drop in the last third (flat if < CI half-width) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| train-subset top-1 err % crop / full | gap val − train crop / full |",
+           "|---|---|---|---|---|---|---|"]
   for run in runs:
-    r, conv = run["results"], report.convergence(run)
-    flat = "–" if conv is None else (f"{conv['drop']:+.1f} (epochs {conv['from_epoch']:.0f}→{conv['to_epoch']:.0f}; "
-                                     f"± {conv['half_width']:.1f}): {'flat' if conv['flat'] else 'NOT flat'}")
+    r = run["results"]
     fit = r.get(evaluate.TRAIN_SUBSET, {})
     train_err = " / ".join(report.with_interval(fit[v]) if v in fit else "–" for v in ("crop", "full"))
     gap = " / ".join(f"{r[v]['top1_error'] - fit[v]['top1_error']:+.1f}" if v in fit else "–" for v in ("crop", "full"))
     name = run["workdir"].name + (" (full view warped)" if r["full"].get("warped") else "")
     lines.append(f"| {name} | {report.with_interval(r['crop'])} | {report.with_interval(r['full'])} "
                  f"| {report.with_interval(r['crop'], 'top5')} | {report.with_interval(r['full'], 'top5')} "
-                 f"| {train_err} | {gap} | {flat} |")
+                 f"| {train_err} | {gap} |")
   return "\n".join(lines)
 
 
@@ -159,18 +156,25 @@ def _seed_table(workdir: pathlib.Path, names: list[str], seeds: int) -> str:
   return "\n".join(lines)
 
 
-def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1, seconds: dict | None = None) -> str:
-  """The ablation's Markdown report (``<workdir>/report.md``) with its figures beside it."""
+def report_name(seeds: int) -> str:
+  return "report.md" if seeds == 1 else f"report_seeds{seeds}.md"
+
+
+def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1) -> str:
+  """The ablation's Markdown report with its figures beside it: ``<workdir>/report.md``, or with
+  several seeds ``report_seeds<N>.md`` (its figures suffixed alike), so both reports coexist."""
+  name = report_name(seeds)
+  suffix = name[len("report"):-len(".md")]
   workdir = pathlib.Path(workdir)
   present = {p.name for p in workdir.iterdir() if (p / evaluate.EVAL_FILE).exists()}
   standard = [run_name(v, s) for s in range(seeds) for v in STANDARD if run_name(v, s) in present]
   shifted = [run_name(f"shift-{v}", s) for s in range(seeds) for v in SHIFT if run_name(f"shift-{v}", s) in present]
   standard_runs = report.load_runs([str(workdir / n) for n in standard])
   shift_runs = report.load_runs([str(workdir / n) for n in shifted])
-  report.plot_curves(standard_runs + shift_runs, workdir / "curves.png")
-  has_sweep = report.plot_sweep(standard_runs, workdir / "sweep.png", "standard: ")
-  has_shift_sweep = report.plot_sweep(
-      [r for r in standard_runs if r["workdir"].name in ("single", "multi")] + shift_runs, workdir / "shift_sweep.png",
+  report.plot_curves(standard_runs + shift_runs, workdir / f"curves{suffix}.png")
+  has_sweep = report.plot_sweep(standard_runs, workdir / f"sweep{suffix}.png", "standard: ")
+  has_shift_sweep = bool(shift_runs) and report.plot_sweep(
+      [r for r in standard_runs if r["workdir"].name in ("single", "multi")] + shift_runs, workdir / f"shift_sweep{suffix}.png",
       "shift: ")
   single = configs.synthetic("single")
   shift_single = configs.synthetic_shift("single")
@@ -182,8 +186,12 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1, seconds: 
       f"{single.eval.sweep_examples}. Intervals are 95 % (Wilson for errors; for differences the paired Wald "
       "interval with an exact McNemar test, or a t interval across seeds). Chance is "
       f"{100 * (1 - 1 / 12):.1f} % top-1.", "",
-      "## Standard: no SPP, SPP single-size, multi-size, whole-image training", "",
-      _main_table(standard_runs), ""]
+      "## Standard band: " + ", ".join(dict.fromkeys(report.VARIANT_NAMES.get(r["config"]["variant"], "?")
+                                                    for r in standard_runs)), "",
+      _main_table(standard_runs), "",
+      "Train-subset: a fixed subset of the training images under the same view, without augmentation. Whether the "
+      "budget has converged is not read off these curves (the rate drops late in the run): `sppnet budget-curve` "
+      "trains single- and multi-size at multiples of the budget.", ""]
   two_sizes = _two_sizes_table(standard_runs + shift_runs)
   if two_sizes:
     text += ["Multi-size networks at both of their training sizes (the second size is the crop resized, as in "
@@ -196,7 +204,7 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1, seconds: 
   text += ["Full view against crop view of the same network, on the same images (the paper's Table 3):", ""]
   text += _view_lines(workdir, standard) + [""]
   if has_sweep:
-    text += ["### Test-size sweep", "", report.sweep_table(standard_runs), "", "![test-size sweep](sweep.png)", ""]
+    text += ["### Test-size sweep", "", report.sweep_table(standard_runs), "", f"![test-size sweep](sweep{suffix}.png)", ""]
     if {"multi", "single"} <= present:
       text += ["Multi-size against single-size at each test size, paired on the sweep's images:", ""]
       text += _sweep_lines(workdir, "multi", "single") + [""]
@@ -205,14 +213,16 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1, seconds: 
              f"{tuple(shift_single.data.eval_object_size)}", "", _main_table(shift_runs), ""]
     text += _comparison_lines(workdir, SHIFT_COMPARISONS, seeds, present) + [""]
     if has_shift_sweep:
-      text += [report.sweep_table(shift_runs), "", "![shift sweep](shift_sweep.png)", ""]
+      text += [report.sweep_table(shift_runs), "", f"![shift sweep](shift_sweep{suffix}.png)", ""]
       if {"shift-multi", "shift-single"} <= present:
         text += _sweep_lines(workdir, "shift-multi", "shift-single") + [""]
-  text += ["![training curves](curves.png)", ""]
-  if seconds:
-    text += ["Wall time of this invocation: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), ""]
+  text += [f"![training curves](curves{suffix}.png)", ""]
+  times = publish.wall_time_lines(workdir, "sppnet ablation")
+  if times:
+    text += ["Wall time of the invocations that trained and evaluated these runs (a finished run is reused, so "
+             "it counts about 0 s in a later invocation):", ""] + times + [""]
   out = "\n".join(text)
-  (workdir / "report.md").write_text(out)
+  (workdir / name).write_text(out)
   return out
 
 
@@ -225,14 +235,14 @@ def run_scale_ablation(workdir: str | pathlib.Path, seeds: int = 1, extended: bo
   seconds = {}
   for name, config in ablation_configs(seeds, extended).items():
     start = time.perf_counter()
-    result = train.train_and_evaluate(config, workdir / name)
+    result = train.train_unless_finished(config, workdir / name)
     if result.get("preempted"):
       return (f"Stopped during run {name!r} (saved at step {result['global_step']}); rerun the same command to "
               "resume.\n")
     seconds[name] = time.perf_counter() - start
-  text = write_ablation_report(workdir, seeds, seconds)
   publish.record_wall_time(workdir, f"sppnet ablation --seeds {seeds}" + (" --extended" if extended else ""), seconds)
-  return text + f"\nReport: {workdir / 'report.md'}\n"
+  text = write_ablation_report(workdir, seeds)
+  return text + f"\nReport: {workdir / report_name(seeds)}\n"
 
 
 def compilation_cache(workdir: pathlib.Path) -> None:

@@ -53,13 +53,13 @@ def run_budget_curve(workdir: str | pathlib.Path, factors=(1, 2, 4), make_config
   for factor in factors:
     for variant in VARIANTS:
       start = time.perf_counter()
-      result = train.train_and_evaluate(scaled(make_config(variant), factor), run_dir(workdir, factor, variant))
+      result = train.train_unless_finished(scaled(make_config(variant), factor), run_dir(workdir, factor, variant))
       if result.get("preempted"):
         return (f"Stopped during {variant} at {factor}x (saved at step {result['global_step']}); rerun the same "
                 "command to resume.\n")
       seconds[f"{variant} x{factor}"] = time.perf_counter() - start
-  text = write_budget_report(workdir, factors, seconds)
   publish.record_wall_time(workdir, "sppnet budget-curve --factors " + ",".join(map(str, factors)), seconds)
+  text = write_budget_report(workdir, factors)
   return text + f"\nReport: {workdir / 'budget_curve.md'}\n"
 
 
@@ -96,7 +96,8 @@ def _table(rows: list[dict]) -> str:
     d = r["diff"]
     lines.append(f"| {r['factor']}× | {r['steps']} | {r['view']} | {train_err('single')} "
                  f"| {report.with_interval(r['val']['single'])} | {train_err('multi')} "
-                 f"| {report.with_interval(r['val']['multi'])} | {d.difference:+.2f} [{d.low:+.1f}, {d.high:+.1f}] "
+                 f"| {report.with_interval(r['val']['multi'])} | {stats.signed(d.difference, 2)} [{stats.signed(d.low)}, "
+                 f"{stats.signed(d.high)}] "
                  f"| {stats.format_p(d.p_value)} |")
   return "\n".join(lines)
 
@@ -135,7 +136,23 @@ def plot_budget_curve(rows: list[dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def write_budget_report(workdir: str | pathlib.Path, factors, seconds: dict | None = None) -> str:
+def convergence_lines(rows: list[dict]) -> list[str]:
+  """For each network and view, the change of its validation error from each budget to the next."""
+  lines = []
+  for variant in VARIANTS:
+    for view in VIEWS:
+      mine = sorted((r for r in rows if r["view"] == view), key=lambda r: r["factor"])
+      for before, after in zip(mine, mine[1:]):
+        low, high = before["val"][variant]["top1_interval"]
+        change = after["val"][variant]["top1_error"] - before["val"][variant]["top1_error"]
+        half = (high - low) / 2
+        verdict = "converged with respect to budget" if abs(change) < half else "not converged with respect to budget"
+        lines.append(f"- {variant}, {view} view, {before['factor']}× → {after['factor']}×: {stats.signed(change)} points "
+                     f"(± {half:.1f} at {before['factor']}×): {verdict}")
+  return lines
+
+
+def write_budget_report(workdir: str | pathlib.Path, factors) -> str:
   workdir = pathlib.Path(workdir)
   rows = curve_rows(workdir, factors)
   plot_budget_curve(rows, workdir / "budget_curve.png")
@@ -148,9 +165,13 @@ def write_budget_report(workdir: str | pathlib.Path, factors, seconds: dict | No
   for r in rows:
     label = f"multi − single at {r['factor']}× ({r['steps']} steps), {r['view']} view, top-1"
     text.append("- " + stats.verdict(label, r["diff"]))
+  text += ["", "Budget convergence (criterion: doubling the steps changes the validation error by less than its 95 % "
+           "half-width at the smaller budget):", ""]
+  text += convergence_lines(rows)
   text += ["", "![budget curve](budget_curve.png)", ""]
-  if seconds:
-    text += ["Wall time of this invocation: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), ""]
+  times = publish.wall_time_lines(workdir, "sppnet budget-curve")
+  if times:
+    text += ["Wall time (a finished run is reused, so it counts about 0 s in a later invocation):", ""] + times + [""]
   out = "\n".join(text)
   (workdir / "budget_curve.md").write_text(out)
   return out

@@ -36,7 +36,7 @@ def _git(*args: str) -> str | None:
 
 def record_wall_time(workdir: pathlib.Path, command: str, seconds: dict) -> None:
   """Adds ``{command: seconds}`` to ``<workdir>/wall_time.json``: the wall time of each part of an
-  invocation. When the environment has ``SPPNET_JOB_STARTED`` (Unix time; set by
+  invocation, with the commit that ran it. When the environment has ``SPPNET_JOB_STARTED`` (Unix time; set by
   ``scripts/ablation.sh`` before its set-up), the time since then is added as ``job (set-up
   included)``."""
   path = workdir / WALL_TIME_FILE
@@ -45,7 +45,7 @@ def record_wall_time(workdir: pathlib.Path, command: str, seconds: dict) -> None
   started = os.environ.get("SPPNET_JOB_STARTED")
   if started:
     seconds["job (set-up included)"] = time.time() - float(started)
-  times[command] = {k: round(v, 1) for k, v in seconds.items()}
+  times[command] = {k: round(v, 1) for k, v in seconds.items()} | {"commit": _git("rev-parse", "HEAD")}
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(times, indent=2))
   tmp.replace(path)
@@ -81,3 +81,19 @@ def publish(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Pat
   }
   (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
   return out
+
+
+def wall_time_lines(workdir: pathlib.Path, prefix: str = "") -> list[str]:
+  """One Markdown line per invocation recorded in ``<workdir>/wall_time.json`` whose command starts
+  with ``prefix``."""
+  path = workdir / WALL_TIME_FILE
+  if not path.exists():
+    return []
+  lines = []
+  for command, parts in json.loads(path.read_text()).items():
+    if not command.startswith(prefix):
+      continue
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in parts.items() if k != "commit")
+    commit = f" (commit {parts['commit'][:7]})" if parts.get("commit") else ""
+    lines.append(f"- `{command}`{commit}: {seconds}")
+  return lines

@@ -67,32 +67,6 @@ def results_table(runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def convergence(run: dict) -> dict | None:
-  """How much the validation error still fell in the last third of training.
-
-  ``drop``: the crop-view top-1 validation error at the last evaluation at or before 2/3 of
-  the epochs minus the final one; ``half_width``: the half-width of the final error's 95 %
-  interval. The curve counts as flat when ``drop < half_width``. None without a curve.
-  """
-  from sppnet_jax import stats
-
-  val = [m for m in run["metrics"] if "val/top1_error" in m]
-  if len(val) < 2:
-    return None
-  epochs = run["config"]["train"]["num_epochs"]
-  final = val[-1]
-  earlier = [m for m in val if m["epoch"] <= 2 * epochs / 3]
-  if not earlier:
-    return None
-  n = int(final.get("val/num_examples", 0))
-  errors = int(round(final["val/top1_error"] * n / 100))
-  low, high = stats.wilson_interval(errors, n)
-  drop = earlier[-1]["val/top1_error"] - final["val/top1_error"]
-  half_width = (high - low) / 2
-  return {"from_epoch": earlier[-1]["epoch"], "to_epoch": final["epoch"], "drop": drop, "half_width": half_width,
-          "flat": drop < half_width}
-
-
 def plot_curves(runs: list[dict], path: pathlib.Path) -> None:
   """Training loss, and top-1 error against epochs: validation (solid) and the fixed training
   subset (dashed, the same colour), one colour per run."""

@@ -166,14 +166,18 @@ def format_p(p: float) -> str:
   return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
+def signed(x: float, digits: int = 1) -> str:
+  """``+1.3`` or ``−0.4`` (a true minus sign, as in the verdict lines)."""
+  return f"{x:+.{digits}f}".replace("-", "−")
+
+
 def verdict(label: str, diff: PairedDifference | SeedComparison) -> str:
   """One line for one comparison; 'unresolved' unless the interval excludes zero and p < 0.05."""
   if isinstance(diff, SeedComparison):
     test = f"paired t over {diff.num_seeds} seeds, {format_p(diff.p_value)}"
   else:
     test = f"McNemar {format_p(diff.p_value)}"
-  sign = lambda x: f"{x:+.1f}".replace("-", "−")
   unresolved = diff.low <= 0 <= diff.high or diff.p_value >= 0.05
   outcome = "unresolved (inside the noise)" if unresolved else (
       "lower error" if diff.difference < 0 else "higher error")
-  return f"{label}: {sign(diff.difference)} points [{sign(diff.low)}, {sign(diff.high)}], {test}: {outcome}"
+  return f"{label}: {signed(diff.difference)} points [{signed(diff.low)}, {signed(diff.high)}], {test}: {outcome}"

@@ -15,6 +15,7 @@ run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -36,7 +37,7 @@ from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from sppnet_jax.config_checks import validate_config
 from sppnet_jax.data import device_augment, pipeline, sources
-from sppnet_jax.metrics_io import MetricWriter
+from sppnet_jax.metrics_io import MetricWriter, read_metrics
 from sppnet_jax import state as state_lib
 from sppnet_jax.state import TrainState, build_model, init_state, make_optimizer, make_train_step
 from sppnet_jax.workdir import config_source
@@ -295,6 +296,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   with _Preemption() as preemption:  # installed first: a signal during set-up still stops cleanly
     return _run(config, pathlib.Path(workdir), preemption, extend)
+
+
+def train_unless_finished(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """:func:`train_and_evaluate`, except that a run in ``workdir`` which already finished under the
+  same config (its final metrics logged, ``eval.json`` written) is returned as it stands instead of
+  being evaluated again; a changed config is refused as by ``train_and_evaluate``."""
+  workdir = pathlib.Path(workdir)
+  path = workdir / evaluate.EVAL_FILE
+  if path.exists() and any(k.startswith("final/") for r in read_metrics(workdir) for k in r):
+    check_workdir_config(config, workdir)
+    return json.loads(path.read_text())
+  return train_and_evaluate(config, workdir)
 
 
 def _scalars(metrics: dict) -> dict:

@@ -109,11 +109,11 @@ def test_default_worker_count_leaves_one_core_to_the_step():
 
 
 def test_the_step_schedule_and_the_plateau_rule_live_in_optax():
-  c = configs.synthetic("single")  # 3e-4, divided by 10 after epochs 5 and 8
+  c = configs.synthetic("single")  # 3e-4, divided by 10 after epochs 9 and 11
   schedule = state_lib.lr_schedule(c, [10] * 12)
-  assert [float(schedule(s)) for s in (0, 49, 50, 79, 80, 119)] == pytest.approx([3e-4, 3e-4, 3e-5, 3e-5, 3e-6, 3e-6])
+  assert [float(schedule(s)) for s in (0, 89, 90, 109, 110, 119)] == pytest.approx([3e-4, 3e-4, 3e-5, 3e-5, 3e-6, 3e-6])
   c.train.update(lr_schedule="plateau", plateau_patience=2, plateau_min_delta=0.5, max_lr_drops=1)
-  with pytest.raises(ValueError, match="eval_every_epochs=2 is not allowed"):
+  with pytest.raises(ValueError, match="eval_every_epochs=3 is not allowed"):
     validate_config(c)
   c.train.eval_every_epochs = 1
   tx = state_lib.make_optimizer(c, [10] * 12)

@@ -32,7 +32,7 @@ TINY_OVERRIDES = """
                  full_short_range=(52, 72), full_bucket=32)
   if c.train.mode == "full":  # 5-6 filled buckets of 8 per epoch, in 4-5 shapes
     c.train.batch_size = 8
-  c.eval.update(views=("crop",), batch_size=16, sweep_sizes=())
+  c.eval.update(views=("crop",), batch_size=16, sweep_sizes=(), train_subset_examples=16)
 """
 
 
