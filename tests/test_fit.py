@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sppnet_jax import budget, evaluate, train
+from sppnet_jax import budget, evaluate, publish, train
 from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.data import augment
 from sppnet_jax.metrics_io import read_metrics
@@ -115,3 +115,14 @@ def test_budget_curve_pairs_every_budget_on_the_same_images(tmp_path):
     assert r["train"]["single"]["num_examples"] == 16
   assert (tmp_path / "budget-x2" / "multi" / evaluate.EVAL_FILE).exists()
   assert "| 2× | 8 | full |" in text and (tmp_path / "budget_curve.png").stat().st_size > 0
+
+  # Publishing copies the report, its figure and each run's records, never checkpoints or predictions.
+  out = publish.publish(tmp_path, tmp_path.parent / "published")
+  assert (out / "budget_curve.md").read_text() == (tmp_path / "budget_curve.md").read_text()
+  assert (out / "budget_curve.png").exists()
+  for run in ("single", "multi", "budget-x2/single", "budget-x2/multi"):
+    assert sorted(p.name for p in (out / run).iterdir()) == ["config.json", "eval.json", "metrics.jsonl"]
+  provenance = json.loads((out / "provenance.json").read_text())
+  assert sorted(provenance["runs"]) == ["budget-x2/multi", "budget-x2/single", "multi", "single"]
+  assert set(provenance["wall_time_s"]["sppnet budget-curve --factors 1,2"]) >= {"single x1", "multi x2", "commit"}
+  assert provenance["environment"]["cpu_cores"] >= 1

@@ -7,8 +7,8 @@ the standard runs are scored on, so the two are compared pairwise.
 Run:
   sppnet train --config experiments/synthetic/shift_single.py --workdir runs/shift_single
 
-Measured in the main command (bash scripts/ablation.sh, 2-core CPU, 125 s with its evaluation),
-top-1 error % [95 % CI] on 4,500 validation images: crop 64.33 [62.9, 65.7], full 65.93 [64.5, 67.3].
+Measured at the previous 768-step regime (then in the main command, 2-core CPU, 125 s with its evaluation;
+not re-run since; now part of `sppnet ablation --extended`), top-1 error % [95 % CI] on 4,500 validation images: crop 64.33 [62.9, 65.7], full 65.93 [64.5, 67.3].
 
 Paper counterpart: none directly; Table 2, ZF-5 (b) SPP single-size: 34.98 / 14.14 top-1 / top-5 error on ImageNet.
 """
