@@ -69,10 +69,18 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, app.UsageE
 ERROR_STATUS = 2
 
 
-def _require(name: str) -> str:
+def _require(name: str, default: str | None = None) -> str:
+  """The value of flag ``--name`` (``default`` when it is not given); an empty value is refused, and
+  ``--workdir`` must not name a file."""
   value = getattr(FLAGS, name)
   if value is None:
-    raise app.UsageError(f"--{name} is required.")
+    if default is None:
+      raise app.UsageError(f"--{name} is required.")
+    value = default
+  if not value.strip():
+    raise app.UsageError(f"--{name} is empty; give a path, e.g. --{name}=runs/my_run.")
+  if name == "workdir" and os.path.exists(value) and not os.path.isdir(value):
+    raise app.UsageError(f"--workdir={value} is a file, not a directory; give a new or existing run directory.")
   return value
 
 
@@ -141,7 +149,7 @@ def _summary(args) -> None:
 
 def _ablation(args) -> None:
   from sppnet_jax import ablation
-  print(ablation.run_scale_ablation(FLAGS.workdir or "runs/scale_ablation", seeds=FLAGS.seeds,
+  print(ablation.run_scale_ablation(_require("workdir", "runs/scale_ablation"), seeds=FLAGS.seeds,
                                     extended=FLAGS.extended))
 
 
@@ -156,7 +164,7 @@ def _budget_curve(args) -> None:
     factors = [int(f) for f in FLAGS.factors]
   except ValueError:
     raise app.UsageError(f"--factors takes whole numbers separated by commas, e.g. 1,2,4; got {FLAGS.factors}.")
-  print(budget.run_budget_curve(FLAGS.workdir or "runs/scale_ablation", factors))
+  print(budget.run_budget_curve(_require("workdir", "runs/scale_ablation"), factors))
 
 
 def _detect(args) -> None:
@@ -317,18 +325,44 @@ def _fail(command: str, message: str) -> None:
   sys.exit(ERROR_STATUS)
 
 
+# The commands that take positional arguments (report: run directories).
+POSITIONAL = ("report",)
+
+
+def _check_overrides(argv: Sequence[str]) -> None:
+  """Refuses a ``--config.FIELD`` given twice (absl would append a tuple's items, so
+  ``--config.model.levels`` given twice would train a pyramid of both)."""
+  names = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise app.UsageError(f"{repeated[0]} is given {names.count(repeated[0])} times; give each override once.")
+
+
+def _check_positional(command: str, args: Sequence[str]) -> None:
+  """Refuses stray arguments, above all an override written without its leading ``--``."""
+  if command in POSITIONAL or not args:
+    return
+  stray = args[0]
+  if stray.startswith("config.") and "=" in stray:
+    raise app.UsageError(f"{stray}: an override needs its leading dashes: --{stray}")
+  raise app.UsageError(f"unexpected argument {stray!r}; sppnet {command} --help lists its flags.")
+
+
 def _parse(command: str, argv: list[str]) -> list[str]:
   """Parses the flags (``argv[0]`` is the program); returns the positional arguments."""
   path = _config_path(argv[1:])
   if path is not None and not os.path.isfile(path):
     raise FileNotFoundError(f"config file not found: {path}")
+  _check_overrides(argv[1:])
   try:
-    return FLAGS(argv)[1:]
+    args = FLAGS(argv)[1:]
   except AttributeError as e:  # ml_collections: a --config.FIELD override naming no field
     hint = _override_hint(e, argv)
     if hint is None:
       raise
     raise app.UsageError(hint) from e
+  _check_positional(command, args)
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -349,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   overrides = [a for a in argv[1:] if a.startswith("--config.")] if command == "evaluate" else []
   argv = [a for a in argv if a not in overrides]
   try:
+    _check_overrides(overrides)
     args = _parse(command, argv) + overrides
     logging.use_absl_handler()
     logging.set_verbosity(logging.WARNING)

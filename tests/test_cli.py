@@ -91,6 +91,41 @@ def test_a_missing_config_file_and_unknown_flags(tmp_path):
   assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr
 
 
+def _in_process_error(capsys, *argv: str) -> str:
+  """The one error line of ``sppnet ARGV`` run in this process (for errors found before any work)."""
+  from sppnet_jax import cli
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["sppnet", *argv])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
+  return lines[0]
+
+
+def test_repeated_stray_and_empty_arguments_are_refused(tmp_path, capsys):
+  # A tuple override given twice would be appended by absl, not replaced.
+  line = _in_process_error(capsys, "train", f"--config={SYNTHETIC}", "--config.model.levels=(4,3,2,1)",
+                           "--config.model.levels=(2,1)", f"--workdir={tmp_path / 'w'}")
+  assert line.endswith("--config.model.levels is given 2 times; give each override once.")
+  line = _in_process_error(capsys, "evaluate", f"--workdir={tmp_path}", "--config.eval.views=('crop',)",
+                           "--config.eval.views=('full',)")
+  assert "--config.eval.views is given 2 times" in line
+  # An override without its dashes used to be ignored, and the run trained with the default.
+  line = _in_process_error(capsys, "train", f"--config={SYNTHETIC}", "config.train.num_epochs=1",
+                           f"--workdir={tmp_path / 'w'}")
+  assert line.endswith("config.train.num_epochs=1: an override needs its leading dashes: --config.train.num_epochs=1")
+  assert "unexpected argument 'extra'" in _in_process_error(capsys, "summary", "extra")
+  # An empty workdir used to train into the current directory; a file is not a workdir.
+  line = _in_process_error(capsys, "train", f"--config={SYNTHETIC}", "--workdir=")
+  assert line.endswith("--workdir is empty; give a path, e.g. --workdir=runs/my_run.")
+  (tmp_path / "file").write_text("x")
+  for command in ("train", "ablation", "budget-curve"):
+    args = (f"--config={SYNTHETIC}",) if command == "train" else ()
+    line = _in_process_error(capsys, command, *args, f"--workdir={tmp_path / 'file'}")
+    assert line.endswith("is a file, not a directory; give a new or existing run directory."), line
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("command,flags", [("train", ["--config", "--workdir", "--extend"]),
                                            ("detect", ["--image", "--top_k", "--score_threshold", "--out"]),
                                            ("check-data", ["--config", "--split", "--workers"]),
