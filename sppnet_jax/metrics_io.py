@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 import tensorboardX
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  """The records of ``workdir/metrics.jsonl``. A last line cut short (the process was killed while
+  writing it) is dropped with a warning; a bad line anywhere else is an error naming the file and line."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+  records = []
+  for k, (number, line) in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if k == len(lines) - 1:
+        logging.warning("%s: line %d is cut short (%s); it is left out.", path, number, e.msg)
+        break
+      raise ValueError(f"{path}, line {number}: not a JSON record ({e.msg}); the file is damaged. Remove that "
+                       "line to use the rest.") from e
+  return records
 
 
 class MetricWriter:

@@ -142,3 +142,17 @@ def test_a_run_saved_before_the_rate_moved_into_the_optimizer_loads_but_does_not
   with pytest.raises(ValueError, match="cannot resume them"):
     train.train_and_evaluate(config, tmp_path)
   assert checkpoint_manager(tmp_path, 3).all_steps() == [4]
+
+
+def test_a_metrics_file_cut_short_is_read_and_a_damaged_one_names_its_line(tmp_path):
+  from sppnet_jax.metrics_io import MetricWriter, read_metrics
+  good = '{"step": 1, "train/loss": 2.5}\n{"step": 2, "train/loss": 2.4}\n'
+  (tmp_path / "metrics.jsonl").write_text(good + '{"step": 3, "train/lo')  # killed while writing
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+  writer = MetricWriter(tmp_path, drop_after_step=2)  # resuming rewrites the file without the broken line
+  writer.write(3, {"train/loss": 2.3})
+  writer.close()
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record"):
+    read_metrics(tmp_path)
