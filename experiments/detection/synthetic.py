@@ -9,9 +9,10 @@ minutes on 2 CPU cores.
 
 Run, with the trunk trained by the README's main command (bash scripts/ablation.sh):
   sppnet detect --config experiments/detection/synthetic.py:runs/scale_ablation/single --workdir runs/det_synthetic
-Measured: 12.5 mAP ftfc7 bb (12.4 without box regression; 95 % bootstrap intervals [10.6, 17.2]
-and [10.1, 16.8]) on the 100 test scenes, 3 min 24 s on 2 CPU cores shared with other work, with
-the 96-px single-size trunk of the main command (61.8 % top-1 classification error).
+Measured: 28.8 mAP ftfc7 bb [25.2, 33.7] (95 % bootstrap over the 100 test scenes; 29.1 without box
+regression), 6 min 36 s on 2 CPU cores shared with two training jobs, with the 96-px single-size
+trunk of the main command (15.9 % top-1 classification error; docs/results/detection_synthetic/).
+With the previous 768-step trunk (61.8 % error) it was 12.5 [10.6, 17.2].
 Without a trunk workdir the trunk is random and only the fc layers learn (1.5 mAP with 40/20 images).
 
 Paper counterpart: Table 9/10, SPP-net 1-scale ZF-5 ftfc7 bb 58.0 mAP on VOC 2007 test (there is

@@ -209,6 +209,8 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
       metrics["ftfc7_bb"] = res["ftfc7_bb"]
       metrics["mAP"] = res["ftfc7_bb"]["mAP"]
     final = res.get("detections_bb", res["detections"])
+    # The final mAP's 95 % percentile-bootstrap interval over the test images (seeded).
+    metrics["mAP_interval"] = list(system_lib.bootstrap_map(final, res["gts"], names))
     cache.atomic_savez(workdir / "detections.npz",
                        **{f"{i:06d}/{k}": v for i, d in enumerate(final) for k, v in d.items()})
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
