@@ -34,9 +34,14 @@ def _git(*args: str) -> str | None:
   return out.stdout.strip()
 
 
+# The commit of the code this process runs, read when it imports this module (HEAD may move while
+# a long invocation runs).
+COMMIT_AT_START = _git("rev-parse", "HEAD")
+
+
 def record_wall_time(workdir: pathlib.Path, command: str, seconds: dict) -> None:
   """Adds ``{command: seconds}`` to ``<workdir>/wall_time.json``: the wall time of each part of an
-  invocation, with the commit that ran it. When the environment has ``SPPNET_JOB_STARTED`` (Unix time; set by
+  invocation, with the commit the process started from. When the environment has ``SPPNET_JOB_STARTED`` (Unix time; set by
   ``scripts/ablation.sh`` before its set-up), the time since then is added as ``job (set-up
   included)``."""
   path = workdir / WALL_TIME_FILE
@@ -45,7 +50,7 @@ def record_wall_time(workdir: pathlib.Path, command: str, seconds: dict) -> None
   started = os.environ.get("SPPNET_JOB_STARTED")
   if started:
     seconds["job (set-up included)"] = time.time() - float(started)
-  times[command] = {k: round(v, 1) for k, v in seconds.items()} | {"commit": _git("rev-parse", "HEAD")}
+  times[command] = {k: round(v, 1) for k, v in seconds.items()} | {"commit": COMMIT_AT_START}
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(times, indent=2))
   tmp.replace(path)
