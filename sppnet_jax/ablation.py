@@ -173,9 +173,8 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1) -> str:
   shift_runs = report.load_runs([str(workdir / n) for n in shifted])
   report.plot_curves(standard_runs + shift_runs, workdir / f"curves{suffix}.png")
   has_sweep = report.plot_sweep(standard_runs, workdir / f"sweep{suffix}.png", "standard: ")
-  has_shift_sweep = bool(shift_runs) and report.plot_sweep(
-      [r for r in standard_runs if r["workdir"].name in ("single", "multi")] + shift_runs, workdir / f"shift_sweep{suffix}.png",
-      "shift: ")
+  shift_pair = [r for r in standard_runs if r["workdir"].name in ("single", "multi")] + shift_runs
+  has_shift_sweep = bool(shift_runs) and report.plot_sweep(shift_pair, workdir / f"shift_sweep{suffix}.png", "shift: ")
   single = configs.synthetic("single")
   shift_single = configs.synthetic_shift("single")
   text = [

@@ -128,12 +128,7 @@ def plot_budget_curve(rows: list[dict], path: pathlib.Path) -> None:
   ax_err.set(xscale="log", xlabel="training steps", ylabel="validation top-1 error %", title="error at each budget")
   ax_diff.set(xscale="log", xlabel="training steps", ylabel="points (negative: multi-size better)",
               title="multi − single, paired, 95 % CI")
-  for ax in (ax_err, ax_diff):
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.save_figure(fig, (ax_err, ax_diff), path)
 
 
 def convergence_lines(rows: list[dict]) -> list[str]:

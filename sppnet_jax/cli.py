@@ -238,7 +238,7 @@ COMMANDS: dict[str, Command] = {
                             "Trains single- and multi-size at multiples of the ablation's budget and reports "
                             "multi − single at each (paired, 95 % intervals).", ("workdir", "factors")),
     "publish": Command(_publish, "sppnet publish --workdir runs/scale_ablation --out docs/results/scale_ablation",
-                       "Copies a workdir's reports, figures and run records (config, eval, metrics) into a folder to "
+                       "Copies a workdir's reports, figures and run records (config, eval, metrics, predictions) into a folder to "
                        "commit, with provenance.json (commit, wall times, environment).", ("workdir", "out")),
     "detect": Command(_detect, "sppnet detect --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR\n"
                       "       sppnet detect --workdir DIR --image PATH [--out detections.png] [--top_k 10] "

@@ -2,8 +2,9 @@
 
 From a workdir of runs (the ablation's, the budget curve's) it copies the reports (``*.md``),
 their figures (``*.png``) and, for every run below it, the small records a reader needs to check
-a figure: ``config.json``, ``eval.json`` and ``metrics.jsonl``. Checkpoints, predictions and
-caches stay behind. ``provenance.json`` records the commit (and whether the tree had
+a figure: ``config.json``, ``eval.json``, ``metrics.jsonl`` and ``predictions.npz`` (the per-example
+mistakes, so every paired comparison of the report can be recomputed from the folder).
+Checkpoints and caches stay behind. ``provenance.json`` records the commit (and whether the tree had
 uncommitted changes), the date, the wall time of every invocation that made the runs (by
 command, from ``wall_time.json``) and the environment (CPU, core count, library versions), so
 every figure quoted from the folder says where it came from.
@@ -21,7 +22,7 @@ import time
 
 from sppnet_jax import timing
 
-RUN_FILES = ("config.json", "eval.json", "metrics.jsonl")
+RUN_FILES = ("config.json", "eval.json", "metrics.jsonl", "predictions.npz")
 WALL_TIME_FILE = "wall_time.json"
 
 

@@ -89,9 +89,15 @@ def plot_curves(runs: list[dict], path: pathlib.Path) -> None:
   ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
   ax_err.set(xlabel="epoch", ylabel="top-1 error % (centre crop)",
              title="validation (solid) and training-subset (dashed) error")
-  for ax in (ax_loss, ax_err):
+  save_figure(fig, (ax_loss, ax_err), path)
+
+
+def save_figure(fig, axes, path: pathlib.Path, legend_size: int = 8) -> None:
+  """Grid and legend on every panel, then the figure saved as a PNG and closed."""
+  import matplotlib.pyplot as plt
+  for ax in axes:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -154,9 +160,5 @@ def plot_sweep(runs: list[dict], path: pathlib.Path, title: str = "") -> bool:
     ax.axvline(train_size, color="grey", linewidth=0.8, linestyle=":")
     ax.set(xlabel="test size (crop edge, px; the image scales with it)", ylabel="top-1 error %",
            title=f"{title}{view} view")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, axes[0], path, legend_size=7)
   return True

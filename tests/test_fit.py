@@ -116,12 +116,15 @@ def test_budget_curve_pairs_every_budget_on_the_same_images(tmp_path):
   assert (tmp_path / "budget-x2" / "multi" / evaluate.EVAL_FILE).exists()
   assert "| 2× | 8 | full |" in text and (tmp_path / "budget_curve.png").stat().st_size > 0
 
-  # Publishing copies the report, its figure and each run's records, never checkpoints or predictions.
+  # Publishing copies the report, its figure and each run's records, never checkpoints; the copy is
+  # enough to write the report again.
   out = publish.publish(tmp_path, tmp_path.parent / "published")
   assert (out / "budget_curve.md").read_text() == (tmp_path / "budget_curve.md").read_text()
   assert (out / "budget_curve.png").exists()
   for run in ("single", "multi", "budget-x2/single", "budget-x2/multi"):
-    assert sorted(p.name for p in (out / run).iterdir()) == ["config.json", "eval.json", "metrics.jsonl"]
+    assert sorted(p.name for p in (out / run).iterdir()) == ["config.json", "eval.json", "metrics.jsonl",
+                                                             "predictions.npz"]
+  assert budget.write_budget_report(out, (1, 2)).split("Wall time")[0].rstrip() == text.split("Wall time")[0].rstrip()
   provenance = json.loads((out / "provenance.json").read_text())
   assert sorted(provenance["runs"]) == ["budget-x2/multi", "budget-x2/single", "multi", "single"]
   assert set(provenance["wall_time_s"]["sppnet budget-curve --factors 1,2"]) >= {"single x1", "multi x2", "commit"}
