@@ -20,6 +20,7 @@ import time
 import ml_collections
 
 from sppnet_jax import ablation, configs, evaluate, publish, report, stats, train
+from sppnet_jax.metrics_io import read_metrics
 
 VARIANTS = ("single", "multi")
 VIEWS = ("crop", "full")
@@ -64,8 +65,7 @@ def run_budget_curve(workdir: str | pathlib.Path, factors=(1, 2, 4), make_config
 
 
 def _steps(run: pathlib.Path) -> int:
-  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-  return max(int(r["step"]) for r in records)
+  return max(int(r["step"]) for r in read_metrics(run))
 
 
 def curve_rows(workdir: pathlib.Path, factors) -> list[dict]:
@@ -75,12 +75,13 @@ def curve_rows(workdir: pathlib.Path, factors) -> list[dict]:
     runs = {v: run_dir(workdir, factor, v) for v in VARIANTS}
     results = {v: json.loads((d / evaluate.EVAL_FILE).read_text()) for v, d in runs.items()}
     crop = json.loads((runs["single"] / "config.json").read_text())["data"]["crop_size"]
+    steps = _steps(runs["single"])
     for view in VIEWS:
       if not all(view in r for r in results.values()):
         continue
       key = evaluate.record_key(view, crop)
       rows.append({
-          "factor": factor, "steps": _steps(runs["single"]), "view": view,
+          "factor": factor, "steps": steps, "view": view,
           "val": {v: results[v][view] for v in VARIANTS},
           "train": {v: results[v].get(evaluate.TRAIN_SUBSET, {}).get(view) for v in VARIANTS},
           "diff": evaluate.paired(runs["multi"], runs["single"], key)})
