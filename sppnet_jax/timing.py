@@ -31,6 +31,25 @@ def _cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+# The instruction-set extensions XLA's CPU code generator chooses kernels by: two CPUs of one
+# model name may differ here (virtual machines hide some), and then the arithmetic may differ.
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "neon", "asimd", "sve")
+
+
+def _cpu_flags() -> str:
+  """The :data:`ISA_FLAGS` this CPU has, space-separated, in that order ("" where unknown)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith(("flags", "Features")):
+          have = set(line.split(":", 1)[1].split())
+          return " ".join(flag for flag in ISA_FLAGS if flag in have)
+  except OSError:
+    pass
+  return ""
+
+
 def environment() -> dict[str, Any]:
   """Device and library versions of this run (torch and torchvision None when not installed)."""
   import flax
@@ -45,6 +64,7 @@ def environment() -> dict[str, Any]:
       "flax": flax.__version__,
       "numpy": np.__version__,
       "cpu": _cpu_model(),
+      "cpu_flags": _cpu_flags(),
       "cpu_cores": os.cpu_count(),
       "python": platform.python_version(),
   }

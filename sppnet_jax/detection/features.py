@@ -23,7 +23,8 @@ the original image):
    256 channels). Windows are processed in fixed chunks of ``window_batch`` rows (padding
    rows masked), so the number of windows never changes a compiled shape.
 5. **fc6/fc7** (:func:`fc7_features`) from the pooled vectors with the head's (or a
-   fine-tuned head's) fc6 and fc7, in fixed chunks as well.
+   fine-tuned head's) fc6 and fc7, in fixed chunks of ``FC_BATCH`` rows (large, so fc6's kernel
+   is read once per 1,024 windows).
 
 The compiled programs are keyed only by (trunk, bucket shape) and (trunk, chunk size), see
 ``tests/test_detection_pipeline.py`` for the no-recompile check.
@@ -55,7 +56,7 @@ class FeatureSettings:
     target_side: the window side (pixels) a scale should bring a window closest to.
     rule: 'area' (paper text) or 'side' (released code) for :func:`select_scales`.
     size_multiple: resized images are zero-padded so each side is a multiple of this.
-    window_batch: windows pooled (and sent through fc6/fc7) per compiled call.
+    window_batch: windows pooled per compiled call (fc6/fc7 take ``FC_BATCH`` at a time).
     levels: pyramid levels.
     mean: per-channel mean (3,) or a scalar subtracted before dividing by ``norm_scale``, or
       ``augment.PER_IMAGE`` (each resized image standardised by its own statistics).
@@ -209,29 +210,46 @@ def pool_windows(model: models.SPPNet, conv: jax.Array, map_hw: jax.Array, windo
   return ops.roi_spp(conv, cells, valid, levels)
 
 
+# Windows per fc6/fc7 call. fc6's kernel (12,800 x 4,096 floats, 210 MB for ZF-5) is read from
+# memory once per call, so a call needs enough rows for the matmul to be bound by arithmetic, not
+# by that read: 1,024 rows do 2 * 1,024 FLOPs per weight read.
+FC_BATCH = 1024
+
+
 @compiler.jit(static_argnames=("fc_width", "dtype"))
 def _fc7(head_params: Any, pooled: jax.Array, fc_width: int, dtype: Any) -> jax.Array:
   head = models.Head(num_classes=1, fc_width=fc_width, dtype=dtype)
-  return head.apply({"params": head_params}, pooled, False, True)
+  return head.apply({"params": head_params}, pooled.astype(jnp.float32), False, True)
 
 
-def fc7_features(head_params: Any, pooled: np.ndarray, batch: int = 256, dtype: Any = jnp.float32) -> np.ndarray:
+def fc7_features(head_params: Any, pooled: np.ndarray, batch: int = FC_BATCH, dtype: Any = jnp.float32) -> np.ndarray:
   """fc7 (after ReLU) of pooled vectors (N, D), run in fixed chunks of ``batch`` rows.
 
-  ``head_params`` needs ``fc6`` and ``fc7`` (a model's ``params['head']`` or a fine-tuned head).
-  ``pooled`` may be 16-bit (the cache's dtype): each chunk is converted to float32 on its own and
-  only the last one is zero-padded, so no float32 copy of all the rows is made.
+  ``head_params`` needs ``fc6`` and ``fc7`` (a model's ``params['head']`` or a fine-tuned head);
+  it is put on the device once, not per chunk. ``pooled`` may be 16-bit (the cache's dtype): the
+  chunks travel in that dtype and are converted to float32 inside the compiled call (exact), so no
+  float32 copy of all the rows is made on the host. Only the last chunk is zero-padded. The next
+  chunk is dispatched before the previous one is read back, so the host never waits between calls.
   """
   pooled = np.asarray(pooled)
   fc_width = int(head_params["fc7"]["kernel"].shape[1])
+  head_params = jax.device_put(head_params)
   n = len(pooled)
   out = np.empty((n, fc_width), np.float32)
-  chunk = np.zeros((batch, pooled.shape[1]), np.float32)  # reused: each call returns before the next fill
+  in_flight: tuple[int, int, jax.Array] | None = None  # (first row, rows, result) of the chunk running now
   for i in range(0, n, batch):
-    rows = min(batch, n - i)
-    chunk[:rows] = pooled[i:i + rows]
-    chunk[rows:] = 0
-    out[i:i + rows] = np.asarray(_fc7(head_params, chunk, fc_width, jnp.dtype(dtype)))[:rows]
+    chunk = pooled[i:i + batch]
+    rows = len(chunk)
+    if rows < batch:
+      chunk = np.concatenate([chunk, np.zeros((batch - rows, chunk.shape[1]), chunk.dtype)])
+    result = _fc7(head_params, chunk, fc_width, jnp.dtype(dtype))
+    if in_flight is not None:
+      start, count, previous = in_flight
+      out[start:start + count] = np.asarray(previous)[:count]
+    in_flight = (i, rows, result)
+  if in_flight is not None:
+    start, count, previous = in_flight
+    out[start:start + count] = np.asarray(previous)[:count]
   return out
 
 
@@ -283,10 +301,10 @@ def pool_from_maps(model: models.SPPNet, maps: Sequence[ScaleMap | None], image_
     padded = np.zeros((-(-n // b) * b, 4), np.float32)
     padded[:n] = scaled
     valid = np.arange(len(padded)) < n
-    chunks = [np.asarray(pool_windows(model, m.conv, m.map_hw, jnp.asarray(padded[None, j:j + b]),
-                                      jnp.asarray(valid[None, j:j + b]), tuple(settings.levels)))[0]
-              for j in range(0, len(padded), b)]
-    out[rows] = np.concatenate(chunks)[:n]
+    # Every chunk is dispatched before any is read back: no host round trip between calls.
+    chunks = [pool_windows(model, m.conv, m.map_hw, jnp.asarray(padded[None, j:j + b]),
+                           jnp.asarray(valid[None, j:j + b]), tuple(settings.levels)) for j in range(0, len(padded), b)]
+    out[rows] = np.concatenate([np.asarray(c)[0] for c in chunks])[:n]
   return out
 
 
@@ -323,8 +341,7 @@ def window_features(model: models.SPPNet, params: Any, image: np.ndarray, window
   pooled = pool_from_maps(model, maps, hw, w, idx, settings)
   fc = None
   if with_fc7:
-    fc = fc7_features(params["head"] if head_params is None else head_params, pooled, settings.window_batch,
-                      model.dtype)
+    fc = fc7_features(params["head"] if head_params is None else head_params, pooled, dtype=model.dtype)
   return WindowFeatures(pooled, idx, fc)
 
 

@@ -103,7 +103,7 @@ def rcnn_window_features(model: models.SPPNet, params: Any, image: np.ndarray, w
   pool5 = np.concatenate(chunks)[:n] if chunks else np.zeros((0, dim), np.float32)
   fc7 = None
   if with_fc7:
-    fc7 = feats.fc7_features(params["head"] if head_params is None else head_params, pool5, batch, model.dtype)
+    fc7 = feats.fc7_features(params["head"] if head_params is None else head_params, pool5, dtype=model.dtype)
   return feats.WindowFeatures(pool5, np.zeros(n, np.int32), fc7)
 
 

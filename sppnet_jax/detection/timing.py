@@ -46,7 +46,7 @@ def _spp_once(model, params, image, windows, settings) -> tuple[float, float]:
   _block([m.conv for m in maps if m is not None])
   t1 = time.perf_counter()
   pooled = feats.pool_from_maps(model, maps, image.shape[:2], windows, idx, settings)
-  feats.fc7_features(params["head"], pooled, settings.window_batch, model.dtype)
+  feats.fc7_features(params["head"], pooled, dtype=model.dtype)
   t2 = time.perf_counter()
   return t1 - t0, t2 - t1
 
@@ -100,9 +100,9 @@ def time_detection(model: models.SPPNet, params: Any, images: Sequence[np.ndarra
       conv *= len(w) / cap
     # fc time on all windows: tile the pooled vectors of the windows that were run.
     all_pool5 = np.resize(pool5, (len(w), pool5.shape[1])) if len(pool5) else pool5
-    feats.fc7_features(params["head"], all_pool5[:rcnn_batch], rcnn_batch, model.dtype)
+    feats.fc7_features(params["head"], all_pool5[:feats.FC_BATCH], dtype=model.dtype)
     t0 = time.perf_counter()
-    feats.fc7_features(params["head"], all_pool5, rcnn_batch, model.dtype)
+    feats.fc7_features(params["head"], all_pool5, dtype=model.dtype)
     rows["rcnn"]["conv"].append(conv)
     rows["rcnn"]["fc"].append(time.perf_counter() - t0)
   out: dict[str, Any] = {}
