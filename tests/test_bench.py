@@ -117,6 +117,19 @@ def test_conv_layer_inputs_follow_the_trunks():
   assert overfeat == [(2, 180, 180, 3), (2, 29, 29, 96), (2, 14, 14, 256)] + [(2, 14, 14, 512)] * 4
 
 
+def test_slim_conv_inputs_and_flops_by_hand():
+  """The slim synthetic ZF-5 (16, 64, 96, 96, 64) at 96, batch 32: conv1 7x7/2 pad 1 gives 46x46 (floor((96 + 2 -
+  7) / 2) + 1); pool1 3/2 gives 22; conv2 5x5/2 pad 2 gives 11 (floor(21 / 2) + 1); pool2 gives 5 (conv3-5 at 5x5,
+  pad 1)."""
+  slim = conv_layers.conv_inputs("zf5", 96, 32, (16, 64, 96, 96, 64))
+  assert [shape for _, shape, _ in slim] == [(32, 96, 96, 3), (32, 22, 22, 16), (32, 5, 5, 64), (32, 5, 5, 96),
+                                            (32, 5, 5, 96)]
+  _, shape, conv1 = slim[0]
+  assert conv_layers.conv_flops(shape, conv1) == 2 * 32 * 46 * 46 * 7 * 7 * 3 * 16
+  _, shape, conv3 = slim[2]
+  assert conv_layers.conv_flops(shape, conv3) == 2 * 32 * 5 * 5 * 9 * 64 * 96
+
+
 @pytest.mark.parametrize("stride,pad", [(2, 1), (1, 2)])
 def test_timed_conv_passes_agree_with_torch(stride, pad):
   """The three timed passes compute what they are named for: each against torch's autograd on the

@@ -7,8 +7,12 @@ XLA's default options (YNNPACK fusions) and torch's ``aten.convolution_backward`
 ``channels_last`` tensors (oneDNN, the kernels under the ``torch.compile`` peer). The gradients
 are linear transposes of the convolution (``jax.linear_transpose``), as autodiff emits them;
 conv1 has no input gradient row, since the training step never differentiates the image.
-Median of ``--repeats`` runs after a warm-up, torch on ``--threads`` threads. Run from
-``.venv-bench``::
+Median of ``--repeats`` runs after a warm-up, torch on ``--threads`` threads. Each row also
+gives the pass's FLOPs (``2 * N * Ho * Wo * k^2 * Cin * Cout``, the same for all three passes)
+and the JAX pass's achieved GFLOP/s as a fraction of a float32 matmul measured in the same run
+(``bench.hardware.measure_matmul_flops``, 1,024 square), so a slow layer shows up as a low
+fraction. ``--channels`` sets the conv widths (the slim synthetic configs' ZF-5 is
+``--model zf5 --size 96 --batch 32 --channels 16,64,96,96,64``). Run from ``.venv-bench``::
 
     .venv-bench/bin/python -m sppnet_jax.bench.conv_layers --model overfeat7 --size 224 --out benchmarks/results
 """
@@ -29,9 +33,12 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 PASSES = ("forward", "input grad", "weight grad")
 
 
-def conv_inputs(name: str, size: int, batch: int) -> list[tuple[str, tuple[int, int, int, int], models.Conv]]:
-  """(layer name, NHWC input shape, conv spec) of every conv layer of trunk ``name`` at ``size``."""
-  spatial = [layer for layer in models.TRUNKS[name] if isinstance(layer, (models.Conv, models.Pool))]
+def conv_inputs(name: str, size: int, batch: int,
+                channels: Sequence[int] | None = None) -> list[tuple[str, tuple[int, int, int, int], models.Conv]]:
+  """(layer name, NHWC input shape, conv spec) of every conv layer of trunk ``name`` at ``size``
+  (conv widths ``channels`` where given, else the paper's)."""
+  layers = models.trunk_layers(name, channels=channels)
+  spatial = [layer for layer in layers if isinstance(layer, (models.Conv, models.Pool))]
   sides = [size, *ops.layer_shapes(models.spatial_layers(spatial), size)]  # the side before each spatial layer
   convs = [(i, layer) for i, layer in enumerate(spatial) if isinstance(layer, models.Conv)]
   channels = [3] + [layer.features for _, layer in convs]
@@ -83,9 +90,18 @@ def torch_passes(shape: tuple[int, ...], conv: models.Conv) -> dict[str, Callabl
   return {"forward": forward, "input grad": backward([True, False, False]), "weight grad": backward([False, True, False])}
 
 
-def compare(name: str, size: int, batch: int = 8, repeats: int = 7) -> list[dict]:
+def conv_flops(shape: Sequence[int], conv: models.Conv) -> int:
+  """Multiply-adds x 2 of one pass of ``conv`` on an NHWC input of ``shape`` (each of the three
+  passes does the same products)."""
+  b, h, w, c = shape
+  out_h, out_w = ((side + 2 * conv.pad - conv.kernel) // conv.stride + 1 for side in (h, w))
+  return 2 * b * out_h * out_w * conv.kernel**2 * c * conv.features
+
+
+def compare(name: str, size: int, batch: int = 8, repeats: int = 7, channels: Sequence[int] | None = None,
+            matmul_flops_per_s: float | None = None) -> list[dict]:
   rows = []
-  for index, (layer, shape, conv) in enumerate(conv_inputs(name, size, batch)):
+  for index, (layer, shape, conv) in enumerate(conv_inputs(name, size, batch, channels)):
     runners = {"jax": jax_passes(shape, conv, compiler.NETWORK_COMPILER_OPTIONS),
                "jax_xla_defaults": jax_passes(shape, conv, None), "torch": torch_passes(shape, conv)}
     for which in PASSES if index else ("forward", "weight grad"):
@@ -94,17 +110,25 @@ def compare(name: str, size: int, batch: int = 8, repeats: int = 7) -> list[dict
       for side, passes in runners.items():
         sync = jax.block_until_ready if side.startswith("jax") else (lambda out: out)
         row[f"{side}_ms"] = median_ms(passes[which], repeats, sync=sync)[0]
+      row["gflop"] = conv_flops(shape, conv) / 1e9
+      row["jax_gflop_per_s"] = row["gflop"] / (row["jax_ms"] * 1e-3)
+      if matmul_flops_per_s:
+        row["jax_fraction_of_matmul"] = row["jax_gflop_per_s"] * 1e9 / matmul_flops_per_s
       rows.append(row)
   return rows
 
 
-def format_table(rows: Sequence[dict]) -> str:
-  lines = ["| layer | input (NHWC) | kernel / stride → features | pass | JAX ms | JAX, XLA defaults ms | torch ms | "
-           "torch ÷ JAX |", "|---|---|---|---|---:|---:|---:|---:|"]
+def format_table(rows: Sequence[dict], matmul_flops_per_s: float | None = None) -> str:
+  lines = ["| layer | input (NHWC) | kernel / stride → features | pass | MFLOP | JAX ms | JAX GFLOP/s | of matmul | "
+           "JAX, XLA defaults ms | torch ms | torch ÷ JAX |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
+    fraction = f"{100 * r['jax_fraction_of_matmul']:.0f} %" if "jax_fraction_of_matmul" in r else "-"
     lines.append(f"| {r['model']} {r['layer']} | {'×'.join(map(str, r['input_shape']))} | "
-                 f"{r['kernel']}×{r['kernel']} / {r['stride']} → {r['features']} | {r['pass']} | {r['jax_ms']:.1f} | "
-                 f"{r['jax_xla_defaults_ms']:.1f} | {r['torch_ms']:.1f} | {r['torch_ms'] / r['jax_ms']:.2f}× |")
+                 f"{r['kernel']}×{r['kernel']} / {r['stride']} → {r['features']} | {r['pass']} | {1e3 * r['gflop']:.0f} | "
+                 f"{r['jax_ms']:.2f} | {r['jax_gflop_per_s']:.0f} | {fraction} | "
+                 f"{r['jax_xla_defaults_ms']:.2f} | {r['torch_ms']:.2f} | {r['torch_ms'] / r['jax_ms']:.2f}× |")
+  if matmul_flops_per_s:
+    lines += ["", f"Matmul rate (float32, 1,024 square, measured in this run): {matmul_flops_per_s / 1e9:.0f} GFLOP/s."]
   return "\n".join(lines)
 
 
@@ -116,13 +140,20 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+  parser.add_argument("--channels", default=None, help="conv widths, comma-separated (default: the paper's)")
   args = parser.parse_args(argv)
   import torch
+  from sppnet_jax.bench.hardware import measure_matmul_flops
   torch.set_num_threads(args.threads)
-  rows = compare(args.model, args.size, args.batch, args.repeats)
-  text = write_results(args.out, f"conv_layers_{args.model}_{args.size}_{jax.devices()[0].platform}",
-                       f"Convolutions of {args.model} at {args.size} alone: JAX, JAX with XLA's defaults, torch",
-                       dict(environment(), compiler_options=compiler.NETWORK_COMPILER_OPTIONS), format_table(rows), rows)
+  channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
+  matmul = measure_matmul_flops("float32", 1024)
+  rows = compare(args.model, args.size, args.batch, args.repeats, channels, matmul)
+  slim = "" if channels is None else "_" + "-".join(map(str, channels))
+  text = write_results(args.out, f"conv_layers_{args.model}{slim}_{args.size}_{jax.devices()[0].platform}",
+                       f"Convolutions of {args.model}{f' {channels}' if channels else ''} at {args.size}, batch "
+                       f"{args.batch}, alone: JAX, JAX with XLA's defaults, torch",
+                       dict(environment(), compiler_options=compiler.NETWORK_COMPILER_OPTIONS, matmul_flops_per_s=matmul),
+                       format_table(rows, matmul), rows)
   print(text)
   return text
 
