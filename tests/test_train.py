@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -51,10 +54,19 @@ def write_config_file(path: pathlib.Path, mode: str, epochs: int, ckpt: int) -> 
   return path
 
 
+# The command-line runs of the tests share one persistent compilation cache, so a command run
+# again (a reference, then an interrupted run and its resumption) loads the programs the first
+# one compiled instead of compiling them again; the programs are the same, so are the results.
+CLI_COMPILATION_CACHE = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="sppnet-tests-xla-"),
+                         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+atexit.register(shutil.rmtree, CLI_COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"], True)
+
+
 def run_cli(args, env=None, **kwargs):
   return subprocess.Popen([sys.executable, "-m", "sppnet_jax.cli", *args], cwd=REPO,
-                          env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, **kwargs)
+                          env={**os.environ, **CLI_COMPILATION_CACHE, **(env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
 def final_params(workdir):

@@ -12,6 +12,8 @@ own: their time is missing from the table and from the traced total, and
 YNNPACK fusions and appear.
 
     python -m sppnet_jax.bench.op_profile --model zf5 --size 224 [--reference] [--xla-defaults]
+    python -m sppnet_jax.bench.op_profile --model zf5 --size 96 --batch 32 --channels 16,64,96,96,64 \
+        --fc_width 512 --num_classes 12   # the slim synthetic configs' network
 
 ``--reference`` profiles the same step with the library's plain formulations of max pooling
 (``flax.linen.max_pool``, differentiated by XLA's select-and-scatter) and LRN (``reduce_window``
@@ -93,12 +95,14 @@ def reference_ops():
 
 
 def profile_step(name: str, size: int, batch: int = 8, dtype: str = "float32", steps: int = 2,
-                 reference: bool = False, xla_defaults: bool = False) -> tuple[dict, float]:
+                 reference: bool = False, xla_defaults: bool = False, channels: Sequence[int] | None = None,
+                 fc_width: int = 4096, num_classes: int = 1000) -> tuple[dict, float]:
   """(label -> ms per step, summed over threads) and the mean wall ms per step under the trace.
   ``reference``: compile the step under ``reference_ops``; ``xla_defaults``: with XLA's default
-  compiler options."""
+  compiler options; ``channels``, ``fc_width``, ``num_classes``: a slim network (see
+  ``models.create_model``)."""
   import time
-  model = models.create_model(name, dtype=dtype)
+  model = models.create_model(name, num_classes=num_classes, dtype=dtype, channels=channels, fc_width=fc_width)
   params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
   opt_state = optax.trace(decay=train_step.MOMENTUM).init(params)
   images, labels, key = jnp.zeros((batch, size, size, 3)), jnp.zeros((batch,), jnp.int32), jax.random.key(0)
@@ -146,9 +150,14 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--top", type=int, default=20)
   parser.add_argument("--reference", action="store_true", help="plain max pool and LRN (see the module docstring)")
   parser.add_argument("--xla-defaults", action="store_true", help="compile with XLA's default options")
+  parser.add_argument("--channels", default=None, help="conv widths, comma-separated (default: the paper's)")
+  parser.add_argument("--fc_width", type=int, default=4096)
+  parser.add_argument("--num_classes", type=int, default=1000)
   args = parser.parse_args(argv)
+  channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
   totals, wall_ms = profile_step(args.model, args.size, args.batch, args.dtype, reference=args.reference,
-                                 xla_defaults=args.xla_defaults)
+                                 xla_defaults=args.xla_defaults, channels=channels, fc_width=args.fc_width,
+                                 num_classes=args.num_classes)
   text = format_profile(totals, wall_ms, top=args.top)
   print(text)
   return text
