@@ -104,7 +104,7 @@ def summary_lines(comparisons: list[RecordComparison], differences: list[str]) -
       lines.append(f"{c.key}: {c.committed_error:.2f} % committed, {c.rerun_error:.2f} % rerun; "
                    f"{c.examples_that_differ} of {d.n} examples differ; rerun - committed "
                    f"{stats.signed(d.difference, 2)} points [{stats.signed(d.low, 2)}, {stats.signed(d.high, 2)}], "
-                   f"McNemar p = {stats.format_p(d.p_value)}{' (resolved)' if d.resolved else ''}")
+                   f"McNemar {stats.format_p(d.p_value)}{' (resolved)' if d.resolved else ''}")
   return lines
 
 

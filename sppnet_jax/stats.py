@@ -3,6 +3,9 @@
 * :func:`wilson_interval` - the 95 % interval of one error rate (Wilson score interval).
 * :func:`mcnemar_exact` - the exact two-sided McNemar test of two classifiers on the same
   examples: under the null the discordant examples split Binomial(b + c, 1/2).
+
+scipy computes what it has (the binomial test, the Wilson interval, the paired t-test, the
+bootstrap); the tests check each against values worked out by hand.
 * :func:`paired_difference` - the difference of two error rates on the same examples with
   its 95 % interval (Wald interval of a paired difference of proportions) and McNemar's p.
 * :func:`bootstrap_interval` - a percentile bootstrap with a fixed seed (reproducible).
@@ -22,33 +25,31 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
 
 
-def wilson_interval(errors: int, n: int, z: float = Z95) -> tuple[float, float]:
-  """Wilson score interval of an error rate ``errors / n``, in percent."""
+def wilson_interval(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
+  """Wilson score interval of an error rate ``errors / n``, in percent (scipy's
+  ``binomtest(...).proportion_ci(method='wilson')``)."""
   if n <= 0:
     raise ValueError(f"an interval needs at least one example; got n={n}.")
   if not 0 <= errors <= n:
     raise ValueError(f"errors must be in [0, n={n}]; got {errors}.")
-  p = errors / n
-  denom = 1 + z * z / n
-  centre = (p + z * z / (2 * n)) / denom
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-  return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+  ci = scipy_stats.binomtest(int(errors), int(n)).proportion_ci(confidence_level=level, method="wilson")
+  return 100 * float(ci.low), 100 * float(ci.high)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
   """Two-sided exact McNemar p-value from the discordant counts ``b`` (only A wrong) and
-  ``c`` (only B wrong): ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)``."""
+  ``c`` (only B wrong): the exact binomial test of ``b`` in ``b + c`` trials at 1/2 (scipy's
+  ``binomtest``), which is ``min(1, 2 * P[X <= min(b, c)])`` for this symmetric null."""
   if b < 0 or c < 0:
     raise ValueError(f"discordant counts must be non-negative; got b={b}, c={c}.")
-  n = b + c
-  if n == 0:
+  if b + c == 0:
     return 1.0
-  tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-  return min(1.0, 2 * tail)
+  return float(scipy_stats.binomtest(int(b), int(b + c), 0.5).pvalue)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,19 +89,18 @@ def paired_difference(wrong_a: np.ndarray, wrong_b: np.ndarray, z: float = Z95) 
 
 def bootstrap_interval(values: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean,
                        num_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-  """Percentile bootstrap interval of ``statistic`` over the first axis of ``values``.
+  """Percentile bootstrap interval of ``statistic`` over the first axis of ``values`` (scipy's
+  ``bootstrap``, resampling row indices, so ``statistic`` may be any function of the rows).
 
-  Resampling indices come from ``np.random.default_rng(seed)``, so the same call gives the
-  same interval.
+  Resampling draws from ``np.random.default_rng(seed)``, so the same call gives the same interval.
   """
   values = np.asarray(values)
   if values.shape[0] == 0:
     raise ValueError("bootstrap needs at least one value.")
-  rng = np.random.default_rng(seed)
-  index = rng.integers(0, values.shape[0], size=(num_resamples, values.shape[0]))
-  stats = np.array([statistic(values[i]) for i in index])
-  alpha = (1 - level) / 2
-  return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+  result = scipy_stats.bootstrap((np.arange(values.shape[0]),), lambda index: statistic(values[index]),
+                                 n_resamples=num_resamples, confidence_level=level, method="percentile",
+                                 vectorized=False, rng=np.random.default_rng(seed))
+  return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,22 +120,20 @@ class SeedComparison:
 def seed_comparison(errors_a: Sequence[float], errors_b: Sequence[float]) -> SeedComparison:
   """Mean ± std (ddof 1) of each, and a paired t-test of ``a - b`` across seeds (seed i of A
   with seed i of B) with the 95 % t interval of the mean difference."""
-  from scipy import stats as scipy_stats
-
   a, b = np.asarray(errors_a, float), np.asarray(errors_b, float)
   if a.shape != b.shape or a.size < 2:
     raise ValueError(f"a test across seeds needs the same number (>= 2) of seeds per variant; got {a.size} and "
                      f"{b.size}.")
   d = a - b
   n = d.size
-  sd = float(d.std(ddof=1))
-  half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-  if sd == 0:
-    p = 1.0 if d.mean() == 0 else 0.0
+  if d.std(ddof=1) == 0:  # every seed moved by the same amount: no spread to test against
+    p, low, high = (1.0 if d.mean() == 0 else 0.0), float(d.mean()), float(d.mean())
   else:
-    p = float(2 * scipy_stats.t.sf(abs(d.mean()) / (sd / math.sqrt(n)), n - 1))
+    test = scipy_stats.ttest_rel(a, b)
+    ci = test.confidence_interval(0.95)
+    p, low, high = float(test.pvalue), float(ci.low), float(ci.high)
   return SeedComparison(float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1)),
-                        float(d.mean()), float(d.mean() - half), float(d.mean() + half), p, n)
+                        float(d.mean()), low, high, p, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +148,6 @@ class RatioInterval:
 
 def ratio_interval(ratios: Sequence[float]) -> RatioInterval:
   """:class:`RatioInterval` of positive ``ratios`` (at least two)."""
-  from scipy import stats as scipy_stats
-
   values = np.asarray(ratios, float)
   if values.size < 2 or not (np.isfinite(values).all() and (values > 0).all()):
     raise ValueError(f"an interval of ratios needs at least two positive, finite ratios; got {list(ratios)}")

@@ -13,11 +13,14 @@ from sppnet_jax import stats
 def test_wilson_interval_from_its_formula():
   # 10 errors in 100: p = 0.1, z = 1.96; centre (p + z^2/2n) / (1 + z^2/n) = 0.11480,
   # half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n) = 0.05957.
-  low, high = stats.wilson_interval(10, 100, z=1.96)
+  low, high = stats.wilson_interval(10, 100)
   assert low == pytest.approx(5.523, abs=1e-3) and high == pytest.approx(17.437, abs=1e-3)
   # No errors: the interval still has width, [0, z^2 / (n + z^2)].
-  low, high = stats.wilson_interval(0, 50, z=1.96)
-  assert low == 0 and high == pytest.approx(100 * 1.96**2 / (50 + 1.96**2))
+  low, high = stats.wilson_interval(0, 50)
+  z = stats.Z95
+  assert low == 0 and high == pytest.approx(100 * z**2 / (50 + z**2))
+  low, high = stats.wilson_interval(10, 100, level=0.99)  # z = 2.5758: wider
+  assert low == pytest.approx(4.6026, abs=1e-3) and high == pytest.approx(20.375, abs=1e-3)
   with pytest.raises(ValueError, match="at least one example"):
     stats.wilson_interval(0, 0)
   with pytest.raises(ValueError, match=r"errors must be in \[0, n=5\]"):
