@@ -8,6 +8,9 @@ training and the shift experiment (``experiments/synthetic/shift_<variant>.py``:
 multi-size SPP trained on a narrow band of object sizes and tested on the standard band, the
 same validation images again).
 
+Every run's results must be of one checkpoint: a run whose ``eval.json`` mixes checkpoints
+(written before ``sppnet evaluate`` kept them apart) stops the report with an error naming it.
+
 Every error carries its 95 % interval, every comparison of two networks its paired test
 (exact McNemar on the same images) and the interval of the difference, or, with
 ``seeds > 1``, mean ± std over seeds and a paired t-test across seeds. The verdict lines
@@ -17,7 +20,6 @@ unfinished runs and re-reports finished ones.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 
@@ -25,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sppnet_jax import configs, evaluate, publish, report, stats, train
+from sppnet_jax import configs, evaluate, publish, report, run_files, stats, train
 
 MAIN = ("nospp", "single", "multi")
 STANDARD = MAIN + ("full",)  # extended: whole-image training on the standard band, and the shift pair
@@ -67,7 +69,7 @@ def _comparison_lines(workdir: pathlib.Path, comparisons, seeds: int, present: s
   for label, a, b, views in comparisons:
     if not {run_name(a, s) for s in range(seeds)} | {run_name(b, s) for s in range(seeds)} <= present:
       continue
-    crop_size = json.loads((workdir / a / "config.json").read_text())["data"]["crop_size"]
+    crop_size = run_config(workdir / a)["data"]["crop_size"]
     for view in views:
       key = evaluate.record_key(view, crop_size)
       if seeds == 1:
@@ -83,7 +85,7 @@ def _view_lines(workdir: pathlib.Path, names: list[str]) -> list[str]:
   """Full view minus crop view of each SPP run, paired on the same images (the paper's Table 3)."""
   lines = []
   for name in names:
-    config = json.loads((workdir / name / "config.json").read_text())
+    config = run_config(workdir / name)
     if not config["model"]["spp"]:
       continue
     crop = config["data"]["crop_size"]
@@ -106,7 +108,25 @@ def _sweep_lines(workdir: pathlib.Path, a: str, b: str) -> list[str]:
 
 
 def _result(run_dir: pathlib.Path) -> dict:
-  return json.loads((run_dir / evaluate.EVAL_FILE).read_text())
+  return evaluate.read_eval(run_dir)
+
+
+def run_config(run_dir: pathlib.Path) -> dict:
+  """A run's ``config.json``; an unreadable one is one error naming it and how to go on."""
+  return run_files.read_json(run_dir / "config.json", "restore it, or delete the run's folder and run the ablation "
+                             "again to retrain it")
+
+
+def check_one_checkpoint(runs: list[dict]) -> None:
+  """Refuses runs whose ``eval.json`` holds results of more than one checkpoint (the name of the
+  file, the checkpoints and how to go on, in one line)."""
+  for run in runs:
+    mixed = evaluate.mixed_checkpoints(run["results"])
+    if mixed:
+      views = ",".join(evaluate.view_results(run["results"])) or "crop,full"
+      raise ValueError(f"{run['workdir'] / evaluate.EVAL_FILE} holds results of different checkpoints ({mixed}), "
+                       f"so its views cannot be compared; evaluate them again (sppnet evaluate --workdir "
+                       f"{run['workdir']} --views {views}) and write the report again.")
 
 
 def _main_table(runs: list[dict]) -> str:
@@ -171,6 +191,7 @@ def write_ablation_report(workdir: str | pathlib.Path, seeds: int = 1) -> str:
   shifted = [run_name(f"shift-{v}", s) for s in range(seeds) for v in SHIFT if run_name(f"shift-{v}", s) in present]
   standard_runs = report.load_runs([str(workdir / n) for n in standard])
   shift_runs = report.load_runs([str(workdir / n) for n in shifted])
+  check_one_checkpoint(standard_runs + shift_runs)
   report.plot_curves(standard_runs + shift_runs, workdir / f"curves{suffix}.png")
   has_sweep = report.plot_sweep(standard_runs, workdir / f"sweep{suffix}.png", "standard: ")
   shift_pair = [r for r in standard_runs if r["workdir"].name in ("single", "multi")] + shift_runs

@@ -13,7 +13,6 @@ difference with its 95 % interval and exact McNemar test.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 
@@ -73,8 +72,9 @@ def curve_rows(workdir: pathlib.Path, factors) -> list[dict]:
   rows = []
   for factor in factors:
     runs = {v: run_dir(workdir, factor, v) for v in VARIANTS}
-    results = {v: json.loads((d / evaluate.EVAL_FILE).read_text()) for v, d in runs.items()}
-    crop = json.loads((runs["single"] / "config.json").read_text())["data"]["crop_size"]
+    results = {v: evaluate.read_eval(d) for v, d in runs.items()}
+    ablation.check_one_checkpoint([{"workdir": d, "results": results[v]} for v, d in runs.items()])
+    crop = ablation.run_config(runs["single"])["data"]["crop_size"]
     steps = _steps(runs["single"])
     for view in VIEWS:
       if not all(view in r for r in results.values()):

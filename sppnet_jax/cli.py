@@ -7,29 +7,41 @@
   sppnet ablation   --workdir DIR [--seeds N] [--extended]   (the scale ablation on the built-in data)
   sppnet budget-curve --workdir DIR [--factors 1,2,4]   (multi- against single-size at several budgets)
   sppnet publish    --workdir DIR --out docs/results/NAME   (a workdir's reports and records, to commit)
-  sppnet detect     --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR
+  sppnet detect     --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR [--start_over]
   sppnet detect     --workdir DIR --image PATH [--out detections.png] [--top_k 10] [--score_threshold S]
   sppnet transfer   --config experiments/transfer/X.py --workdir DIR   (Tables 6-7: SVMs on SPP features)
   sppnet bench      [--out DIR] [--quick] [--[no]torch_compile]
   sppnet bench-input [--out DIR] [--quick]   (input pipeline: images/s per core, efficiency)
   sppnet check-data --config experiments/X.py [--split train|eval|both] [--workers N]
+  sppnet reproduce  --run docs/results/NAME/RUN --workdir DIR   (retrains a committed run and compares)
 
 `sppnet COMMAND --help` lists a command's flags. Errors in what was asked for (a bad value, a
-missing file, an undecodable image, a non-finite loss) print one line, `sppnet COMMAND: error:
-...`, and exit with status 2; `--traceback` (or SPPNET_TRACEBACK=1) shows the full traceback.
+missing file, a broken config file, an undecodable image, a non-finite loss, a workdir in use
+by another process, a full disk) print one line, `sppnet COMMAND: error: ...`, and exit with
+status 2; `--traceback` (or SPPNET_TRACEBACK=1) shows the full traceback and the libraries'
+own error logs.
+
+train, evaluate, detect (training) and transfer hold their workdir's lock (`DIR/.lock`) while
+they run: a second command in the same workdir is refused at once, naming the first.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import json
+import logging as std_logging
 import os
+import re
 import sys
 import traceback
 from typing import Callable, NamedTuple, Sequence
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from sppnet_jax import runlock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file.", lock_config=True)
@@ -60,12 +72,17 @@ flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "check-data: which
                   "to scan.")
 flags.DEFINE_integer("workers", None, "check-data: threads decoding in parallel (default: the number of CPUs).",
                      lower_bound=1)
+flags.DEFINE_bool("start_over", False, "detect: in a --workdir whose trained outputs depend on a changed config "
+                  "field, redo just those outputs (the cached features and the untouched outputs are kept).")
+flags.DEFINE_string("run", None, "reproduce: a run folder written by 'sppnet publish' (config.json, eval.json, "
+                    "predictions.npz).")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of an error instead of one line (also "
                   "SPPNET_TRACEBACK=1).")
 
 # Errors raised on purpose, for something wrong in what was asked: printed as one line, exit status 2.
 # (CorruptImageError and CorruptCheckpointError are ValueErrors; train.NonFiniteError is a FloatingPointError.)
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, app.UsageError, flags.Error)
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, app.UsageError, flags.Error,
+                   runlock.WorkdirBusyError)
 ERROR_STATUS = 2
 
 
@@ -121,17 +138,23 @@ def _apply_eval_overrides(config, overrides: Sequence[str]) -> None:
 
 
 def _evaluate(args) -> None:
+  workdir = _require("workdir")
+  with runlock.hold(workdir):
+    _evaluate_locked(workdir, args)
+
+
+def _evaluate_locked(workdir: str, args) -> None:
   from sppnet_jax import evaluate, workdir as workdir_lib
   from sppnet_jax.data import sources
-  workdir = _require("workdir")
-  config, model, params, mean = workdir_lib.load_run(workdir)
+  run = workdir_lib.load_trained_run(workdir)
+  config = run.config
   _apply_eval_overrides(config, args)
   names = sources.load_class_names(workdir)
   by_name = {"class_names": names} if names else {}
   source = workdir_lib.config_source(config.data, "eval", **by_name)
   train_source = workdir_lib.config_source(config.data, "train", **by_name)
-  results = evaluate.evaluate_run(model, params, source, config=config, mean=mean, workdir=workdir,
-                                  view_names=FLAGS.views, sweep=FLAGS.sweep, train_source=train_source)
+  results = evaluate.evaluate_run(run.model, run.params, source, config=config, mean=run.mean, workdir=workdir,
+                                  view_names=FLAGS.views, sweep=FLAGS.sweep, train_source=train_source, step=run.step)
   print(json.dumps(results, indent=2))
 
 
@@ -178,13 +201,17 @@ def _detect(args) -> None:
     return
   if FLAGS.config is None:
     raise app.UsageError("give --config experiments/detection/X.py to train, or --image PATH to detect.")
-  print(json.dumps(pipeline.train_and_evaluate_detection(FLAGS.config, workdir), indent=2, default=str))
+  with runlock.hold(workdir):
+    result = pipeline.train_and_evaluate_detection(FLAGS.config, workdir, start_over=FLAGS.start_over)
+    print(json.dumps(result, indent=2, default=str))
 
 
 def _transfer(args) -> None:
   from sppnet_jax.transfer import run
   workdir = _require("workdir")
-  result = run.transfer_and_evaluate(_config("experiments/transfer/synthetic_scenes.py"), workdir)
+  config = _config("experiments/transfer/synthetic_scenes.py")
+  with runlock.hold(workdir):
+    result = run.transfer_and_evaluate(config, workdir)
   if result.get("preempted"):
     print(f"stopped while training trunk {result['trunk']!r} (saved); run the same command again to resume.")
     return
@@ -211,6 +238,14 @@ def _check_data(args) -> int:
   return 1 if any(r.bad for r in results) else 0
 
 
+def _reproduce(args) -> int:
+  from sppnet_jax import reproduce
+  reproduced, lines = reproduce.reproduce(_require("run"), _require("workdir"))
+  print("\n".join(lines))
+  print("reproduced" if reproduced else "NOT reproduced")
+  return 0 if reproduced else 1
+
+
 class Command(NamedTuple):
   handler: Callable[[list[str]], int | None]
   usage: str
@@ -224,8 +259,9 @@ COMMANDS: dict[str, Command] = {
                      ("config", "workdir", "extend")),
     "evaluate": Command(_evaluate, "sppnet evaluate --workdir DIR [--views crop,full,ten,multiview] [--sweep] "
                         "[--config.eval.FIELD=VALUE ...]",
-                        "Evaluates the latest checkpoint of a training run under the given test views and "
-                        "merges the results into DIR/eval.json.", ("workdir", "views", "sweep")),
+                        "Evaluates the newest intact checkpoint of a training run under the given test views and "
+                        "merges the results into DIR/eval.json, which holds one checkpoint's results only (those "
+                        "of another step are moved to eval.step<N>.json).", ("workdir", "views", "sweep")),
     "report": Command(_report, "sppnet report DIR [DIR ...] [--out report.md]",
                       "Writes a report (tables beside the paper's numbers, training curves) of runs.", ("out",)),
     "summary": Command(_summary, "sppnet summary [--model zf5] [--size 224] [--nospp]",
@@ -240,11 +276,12 @@ COMMANDS: dict[str, Command] = {
     "publish": Command(_publish, "sppnet publish --workdir runs/scale_ablation --out docs/results/scale_ablation",
                        "Copies a workdir's reports, figures and run records (config, eval, metrics, predictions) into a folder to "
                        "commit, with provenance.json (commit, wall times, environment).", ("workdir", "out")),
-    "detect": Command(_detect, "sppnet detect --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR\n"
+    "detect": Command(_detect, "sppnet detect --config experiments/detection/X.py[:TRUNK_WORKDIR] --workdir DIR "
+                      "[--start_over]\n"
                       "       sppnet detect --workdir DIR --image PATH [--out detections.png] [--top_k 10] "
                       "[--score_threshold S]",
                       "Trains and evaluates the detection system in DIR, or runs a trained one on one image.",
-                      ("config", "workdir", "image", "out", "top_k", "score_threshold")),
+                      ("config", "workdir", "start_over", "image", "out", "top_k", "score_threshold")),
     "transfer": Command(_transfer, "sppnet transfer --config experiments/transfer/X.py --workdir DIR",
                         "Transfer classification (paper Tables 6-7): features of trained trunks, linear SVMs, "
                         "the report beside the paper's figures.", ("config", "workdir")),
@@ -258,6 +295,10 @@ COMMANDS: dict[str, Command] = {
                           "[--workers N]",
                           "Decodes every example of a config's dataset in parallel and lists those that fail "
                           "(exit status 1 when any does).", ("config", "split", "workers")),
+    "reproduce": Command(_reproduce, "sppnet reproduce --run docs/results/NAME/RUN --workdir DIR",
+                         "Trains a committed run's config again in DIR and compares every per-example record: "
+                         "identical on the machine kind that made it (exit status 1 if not), elsewhere each "
+                         "difference with its 95 % interval.", ("run", "workdir")),
 }
 
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
@@ -287,6 +328,36 @@ def _config_path(argv: Sequence[str]) -> str | None:
     else:
       continue
     return value.split(":", 1)[0]
+  return None
+
+
+def _same_file(a: str | None, b: str) -> bool:
+  return bool(a) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+  """``error`` and the errors it was raised from or while handling, outermost first."""
+  chain, seen = [], error
+  while seen is not None and seen not in chain:
+    chain.append(seen)
+    seen = seen.__cause__ or seen.__context__
+  return chain
+
+
+def _config_file_problem(path: str, error: BaseException) -> str | None:
+  """One line for an error that loading config file ``path`` raised (a syntax error, no
+  ``get_config``, an exception raised by the file), or None when the error came from elsewhere."""
+  for e in _error_chain(error):
+    if isinstance(e, SyntaxError) and _same_file(e.filename, path):
+      return f"{path}, line {e.lineno}: {e.msg} (a syntax error); fix the config file."
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if _same_file(f.filename, path)]
+    if isinstance(e, AttributeError) and e.name == "get_config" and not lines:
+      return (f"{path} defines no get_config(); a config file's get_config() returns the experiment's "
+              "ml_collections.ConfigDict (see experiments/).")
+    if lines:
+      text = " ".join(str(e).split())
+      return (f"{path}, line {lines[-1]}: loading the config raised {type(e).__name__}"
+              f"{': ' + text if text else ''}; fix the config file.")
   return None
 
 
@@ -325,6 +396,44 @@ def _fail(command: str, message: str) -> None:
   sys.exit(ERROR_STATUS)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os_error_code='28'", "os_error_code='122'")
+
+
+def disk_full_message(error: BaseException) -> str | None:
+  """One line for an error caused by a full disk (an ``OSError`` of ENOSPC or EDQUOT, or the
+  same failure reported by orbax or tensorstore as text), naming what was being written; else None."""
+  for e in _error_chain(error):
+    text = str(e)
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+      target = e.filename
+    elif any(t in text for t in _DISK_FULL_TEXT):
+      quoted = re.findall(r'"(/[^"]+)"', text)
+      target = quoted[0] if quoted else None
+    else:
+      continue
+    if target and ".orbax-checkpoint-tmp" in str(target):  # a checkpoint step being saved
+      target = f"checkpoint {str(target).split('.orbax-checkpoint-tmp')[0]}"
+    where = f" while writing {target}" if target else ""
+    return (f"no space left on the device{where}; free some space (or move the workdir to a disk with room) and "
+            "run the same command again: what was saved is kept, and training resumes from its last checkpoint.")
+  return None
+
+
+class _LibraryErrorLogs(std_logging.Filter):
+  """Drops the error logs (with their tracebacks) that orbax's threads and asyncio print on the
+  way to an error the command reports in one line; ``active`` is off with --traceback."""
+
+  active = True
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    library = record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+    return not (self.active and library and record.levelno >= std_logging.ERROR)
+
+
+_LIBRARY_ERROR_LOGS = _LibraryErrorLogs()
+
+
 # The commands that take positional arguments (report: run directories).
 POSITIONAL = ("report",)
 
@@ -356,11 +465,17 @@ def _parse(command: str, argv: list[str]) -> list[str]:
   _check_overrides(argv[1:])
   try:
     args = FLAGS(argv)[1:]
-  except AttributeError as e:  # ml_collections: a --config.FIELD override naming no field
-    hint = _override_hint(e, argv)
+  except Exception as e:
+    problem = _config_file_problem(path, e) if path is not None else None
+    if problem is not None:
+      raise app.UsageError(problem) from e
+    hint = _override_hint(e, argv) if isinstance(e, AttributeError) else None  # a --config.FIELD naming no field
     if hint is None:
       raise
     raise app.UsageError(hint) from e
+  if path is not None and not isinstance(FLAGS.config, ml_collections.ConfigDict):
+    raise app.UsageError(f"{path}: get_config() returned {type(FLAGS.config).__name__}, not an "
+                         "ml_collections.ConfigDict; return the experiment's config.")
   _check_positional(command, args)
   return args
 
@@ -387,12 +502,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(command, argv) + overrides
     logging.use_absl_handler()
     logging.set_verbosity(logging.WARNING)
+    _LIBRARY_ERROR_LOGS.active = not show_traceback
+    logging.get_absl_handler().addFilter(_LIBRARY_ERROR_LOGS)
     status = COMMANDS[command].handler(args)
-  except EXPECTED_ERRORS as e:
+  except Exception as e:
+    message = disk_full_message(e)
+    if message is None and not isinstance(e, EXPECTED_ERRORS):
+      raise
     if show_traceback:
       traceback.print_exc()
       sys.exit(ERROR_STATUS)
-    _fail(command, str(e))
+    _fail(command, message or str(e))
   sys.exit(status or 0)
 
 

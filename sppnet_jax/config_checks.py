@@ -5,6 +5,9 @@ and raises one ``ValueError`` naming every bad field, its value and what is allo
 e.g. ``train.learning_rate=0 is not allowed: a finite number > 0``. Fields a config
 does not have are not checked (older configs lack some); the names of the allowed
 choices are kept here and a test keeps them equal to the code that uses them.
+
+:func:`validate_input_sizes` adds what depends on the network built from the config: every
+input size the config asks for must be at least the smallest input that network takes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["MODEL_NAMES", "TRAIN_MODES", "OPTIMIZERS", "LR_SCHEDULES", "NORMALIZE", "POSITIONS", "INITIALIZERS",
-           "DTYPES", "VIEW_NAMES", "VARIANTS", "ON_BAD_IMAGE", "validate_config", "config_problems"]
+           "DTYPES", "VIEW_NAMES", "VARIANTS", "ON_BAD_IMAGE", "validate_config", "config_problems",
+           "input_size_problems", "validate_input_sizes"]
 
 MODEL_NAMES = ("zf5", "convnet5", "overfeat5", "overfeat7")
 TRAIN_MODES = ("single", "multi", "random", "full")
@@ -226,6 +230,58 @@ def validate_config(config: Any) -> None:
   and loads no data.
   """
   problems = config_problems(config)
+  if problems:
+    raise ValueError(("invalid config: " if len(problems) == 1 else f"invalid config ({len(problems)} problems): ")
+                     + "; ".join(problems) + ".")
+
+
+def _sizes_in_use(config: Any) -> list[tuple[str, Any, list[int]]]:
+  """(field, value, input sides it makes) of every field of ``config`` that sets an input size."""
+  get = lambda f: _lookup(config, f)
+  mode, views = get("train.mode"), get("eval.views")
+  out = [("data.crop_size", get("data.crop_size"), [get("data.crop_size")])]
+  if mode == "multi":
+    out.append(("data.second_size", get("data.second_size"), [get("data.second_size")]))
+  for name, field in (("random", "train.random_range"), ("full", "train.full_short_range")):
+    value = get(field)
+    if mode == name and _is_seq(value) and value:
+      out.append((field, value, [value[0]]))
+  # The no-SPP network warps every evaluation input to data.crop_size, so its evaluation sizes
+  # may be anything; an SPP network takes them as they are.
+  spp = get("model.spp") is not False
+  for field, used in (("eval.sweep_sizes", spp), ("eval.multiview_scales", spp and _is_seq(views) and "multiview" in views)):
+    value = get(field)
+    if used and _is_seq(value):
+      out.append((field, value, list(value)))
+  return [(f, v, [x for x in sides if _is_int(x)]) for f, v, sides in out if v is not _MISSING]
+
+
+def input_size_problems(config: Any, smallest: int) -> list[str]:
+  """The input-size fields of ``config`` (crop size, the other training sizes of its mode, the
+  evaluation sizes) asking for inputs below ``smallest`` px, the smallest the network takes;
+  one sentence each, naming the field and its allowed range ([] when none)."""
+  short = _lookup(config, "data.short_side")
+  problems = []
+  for field, value, sides in _sizes_in_use(config):
+    if not sides or min(sides) >= smallest:
+      continue
+    if field == "data.crop_size" and _is_int(short) and short >= smallest:
+      allowed = f"an integer in [{smallest}, {short}] (at most data.short_side={short})"
+    elif _is_seq(value) and len(sides) > 1 and field.startswith("eval."):
+      allowed = f"sizes >= {smallest}"
+    elif _is_seq(value):
+      allowed = f"a low end >= {smallest}"
+    else:
+      allowed = f"an integer >= {smallest}"
+    problems.append(f"{field}={_show(value)} is too small for this network: {allowed}; a smaller input leaves its "
+                    "last conv map empty")
+  return problems
+
+
+def validate_input_sizes(config: Any, smallest: int) -> None:
+  """Raises ``ValueError`` naming every input-size field of ``config`` below ``smallest`` px
+  (:func:`input_size_problems`), in the words of :func:`validate_config`."""
+  problems = input_size_problems(config, smallest)
   if problems:
     raise ValueError(("invalid config: " if len(problems) == 1 else f"invalid config ({len(problems)} problems): ")
                      + "; ".join(problems) + ".")

@@ -1,4 +1,9 @@
-"""``sppnet report``: the runs' results beside the paper's, and training-curve plots."""
+"""``sppnet report``: the runs' results beside the paper's, and training-curve plots.
+
+Each row names the checkpoint step its result was computed from. A run whose ``eval.json``
+holds results of more than one checkpoint (written before ``sppnet evaluate`` kept them apart)
+has those rows marked "mixed" and a warning under the table: its rows compare different networks.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from sppnet_jax import configs, evaluate
+from sppnet_jax import configs, evaluate, run_files
 from sppnet_jax.metrics_io import read_metrics
 
 VARIANT_NAMES = {"nospp": "no SPP", "single": "SPP single-size", "multi": "SPP multi-size", "random": "SPP random-size",
@@ -15,14 +20,15 @@ VARIANT_NAMES = {"nospp": "no SPP", "single": "SPP single-size", "multi": "SPP m
 
 
 def load_runs(workdirs: list[str]) -> list[dict]:
+  """Each run's config, ``eval.json`` results and metrics; an unreadable file is an error naming it."""
   runs = []
   for workdir in map(pathlib.Path, workdirs):
-    config_path, eval_path = workdir / "config.json", workdir / "eval.json"
+    config_path = workdir / "config.json"
     if not config_path.exists():
       raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json).")
-    config = json.loads(config_path.read_text())
-    results = json.loads(eval_path.read_text()) if eval_path.exists() else {}
-    runs.append({"workdir": workdir, "config": config, "results": results, "metrics": read_metrics(workdir)})
+    config = run_files.read_json(config_path, "restore it from a copy of the run (sppnet publish keeps one)")
+    runs.append({"workdir": workdir, "config": config, "results": evaluate.read_eval(workdir),
+                 "metrics": read_metrics(workdir)})
   return runs
 
 
@@ -50,21 +56,41 @@ def with_interval(result: dict, metric: str = "top1") -> str:
   return f"{value} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else value
 
 
+def _step(entry: dict) -> str:
+  step = evaluate.entry_step(entry)
+  return "–" if step is None else str(step)
+
+
 def results_table(runs: list[dict]) -> str:
-  """One row per (run, view): the run's top-1/top-5 error (95 % interval) and the paper's for the
-  same model, variant and view."""
-  lines = ["| run | model | variant | levels | view | top-1 err % [95 % CI] | top-5 err % [95 % CI] | images "
+  """One row per (run, view): the checkpoint step scored, the run's top-1/top-5 error (95 %
+  interval) and the paper's for the same model, variant and view. Rows of a run whose results
+  are of several checkpoints say "mixed" beside the step."""
+  lines = ["| run | model | variant | levels | view | step | top-1 err % [95 % CI] | top-5 err % [95 % CI] | images "
            "| paper top-1 | paper top-5 |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for run in runs:
     c = run["config"]
     levels = "–" if not c["model"]["spp"] else "{" + ",".join(map(str, c["model"]["levels"])) + "}"
+    mixed = " (mixed)" if evaluate.mixed_checkpoints(run["results"]) else ""
     for view, r in evaluate.view_results(run["results"]).items():
       p1, p5 = _paper(run, view)
       lines.append(f"| {run['workdir'].name} | {c['model']['name']} | {VARIANT_NAMES.get(c['variant'], c['variant'])} "
-                   f"| {levels} | {view}{' (warped)' if r.get('warped') else ''} | {with_interval(r, 'top1')} "
-                   f"| {with_interval(r, 'top5')} | {r.get('num_examples', '–')} | {_fmt(p1)} | {_fmt(p5)} |")
+                   f"| {levels} | {view}{' (warped)' if r.get('warped') else ''} | {_step(r)}{mixed} "
+                   f"| {with_interval(r, 'top1')} | {with_interval(r, 'top5')} | {r.get('num_examples', '–')} "
+                   f"| {_fmt(p1)} | {_fmt(p5)} |")
   return "\n".join(lines)
+
+
+def mixed_warnings(runs: list[dict]) -> list[str]:
+  """One warning line per run whose ``eval.json`` holds results of several checkpoints."""
+  lines = []
+  for run in runs:
+    mixed = evaluate.mixed_checkpoints(run["results"])
+    if mixed:
+      views = ",".join(evaluate.view_results(run["results"])) or "crop"
+      lines.append(f"**Warning: {run['workdir'].name} mixes checkpoints** ({mixed}); its rows compare different "
+                   f"networks. Evaluate them again: `sppnet evaluate --workdir {run['workdir']} --views {views}`.")
+  return lines
 
 
 def plot_curves(runs: list[dict], path: pathlib.Path) -> None:
@@ -114,7 +140,8 @@ def write_report(workdirs: list[str], out: str) -> str:
       "# SPP-net runs", "",
       "Errors are on each run's evaluation split. Paper columns: ImageNet-2012 val (Table 2 for the 10-view `ten`, "
       "Table 3 for `crop`/`full`, Table 4 for `multiview`); on other data they are the reference point, not a target.",
-      "", results_table(runs), "", f"![training curves]({plot_path.name})", ""])
+      "", results_table(runs), "", *[line + "\n" for line in mixed_warnings(runs)],
+      f"![training curves]({plot_path.name})", ""])
   out_path.write_text(text)
   return text
 

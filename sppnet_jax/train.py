@@ -14,8 +14,8 @@ run would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -32,10 +32,10 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sppnet_jax import compiler, evaluate, models
+from sppnet_jax import compiler, evaluate, models, ops, run_files, runlock
 from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
-from sppnet_jax.config_checks import validate_config
+from sppnet_jax.config_checks import validate_config, validate_input_sizes
 from sppnet_jax.data import device_augment, pipeline, sources
 from sppnet_jax.metrics_io import MetricWriter, read_metrics
 from sppnet_jax import state as state_lib
@@ -261,24 +261,76 @@ def load_mean(config: ml_collections.ConfigDict, source, workdir: pathlib.Path) 
 IGNORED_FIELDS = workdir_lib.LOGGING_FIELDS + ("data.worker_count", "data.prefetch", "eval", "paper")
 
 
+# Written when a non-finite loss stops a run: the last good checkpoint then (see _non_finite).
+NONFINITE_FILE = "nonfinite.json"
+# The field a run stopped by a non-finite loss may change until it saves a new checkpoint.
+RATE_FIELD = "train.learning_rate"
+
+
 def _extend_hint(changed: list[str]) -> str:
   if set(changed) <= set(workdir_lib.EXTENDABLE_FIELDS):
     return "To train the run further with a longer schedule, pass extend=True (sppnet train --extend)."
   return ""
 
 
+def latest_saved_step(workdir: pathlib.Path) -> int | None:
+  """The newest step directory under ``workdir/checkpoints`` (None: none), without opening it."""
+  directory = workdir / "checkpoints"
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+  return max(steps, default=None)
+
+
+def rate_change_allowed(workdir: pathlib.Path) -> bool:
+  """Whether the run in ``workdir`` stopped on a non-finite loss and has saved no checkpoint since,
+  so it may resume from its last good checkpoint with another ``train.learning_rate``."""
+  path = workdir / NONFINITE_FILE
+  if not path.exists():
+    return False
+  record = run_files.read_json(path, "delete it; it only lets a run stopped by a non-finite loss resume with a "
+                               "lower train.learning_rate")
+  return isinstance(record, dict) and record.get("last_checkpoint") == latest_saved_step(workdir)
+
+
+def _shortened(old: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """How ``config``'s schedule fails to lengthen the run of JSON config ``old``: fewer epochs,
+  fewer plateau drops, or other step drops within the epochs the run was set to train."""
+  before, t = old.get("train") or {}, config.train
+  epochs = int(before.get("num_epochs", 0))
+  problems = []
+  if int(t.num_epochs) < epochs:
+    problems.append(f"train.num_epochs={t.num_epochs} is below the run's {epochs}")
+  if t.lr_schedule == "plateau" and int(t.max_lr_drops) < int(before.get("max_lr_drops", 0)):
+    problems.append(f"train.max_lr_drops={t.max_lr_drops} is below the run's {before['max_lr_drops']}")
+  within = lambda drops: sorted(int(e) for e in drops if int(e) < epochs)
+  if t.lr_schedule == "steps" and within(t.lr_drop_epochs) != within(before.get("lr_drop_epochs") or ()):
+    problems.append(f"train.lr_drop_epochs={tuple(t.lr_drop_epochs)} moves drops within the run's {epochs} epochs "
+                    f"(it has {tuple(before.get('lr_drop_epochs') or ())})")
+  return problems
+
+
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, extend: bool = False) -> None:
   """Refuses a config that differs from the run already in ``workdir``; writes nothing.
 
   A workdir with no checkpoint yet takes any config (a mistake before the first save never
-  locks it). With checkpoints, only the logging and evaluation fields may differ, and with
-  ``extend`` also ``train.num_epochs``, ``train.lr_drop_epochs`` and ``train.max_lr_drops``.
+  locks it). With checkpoints, only the logging and evaluation fields may differ; with
+  ``extend`` also ``train.num_epochs``, ``train.lr_drop_epochs`` and ``train.max_lr_drops``,
+  so long as the schedule only grows (:func:`_shortened`); and after a non-finite loss, until
+  the next checkpoint, ``train.learning_rate`` (:func:`rate_change_allowed`).
   """
-  workdir_lib.check_config(config, workdir, ignore=_ignored_fields(extend), hint="" if extend else _extend_hint)
+  workdir = pathlib.Path(workdir)
+  workdir_lib.check_config(config, workdir, ignore=_ignored_fields(workdir, extend),
+                           hint="" if extend else _extend_hint)
+  old = workdir_lib.read_config(workdir) if extend and workdir_lib.has_checkpoint(workdir) else None
+  problems = _shortened(old, config) if old is not None else []
+  if problems:
+    raise workdir_lib.ConfigChangedError(
+        f"{workdir} holds a run that --extend (extend=True) can only lengthen: {'; '.join(problems)}. Give at least "
+        "the run's schedule, or a new workdir.")
 
 
-def _ignored_fields(extend: bool) -> tuple[str, ...]:
-  return IGNORED_FIELDS + (workdir_lib.EXTENDABLE_FIELDS if extend else ())
+def _ignored_fields(workdir: pathlib.Path, extend: bool) -> tuple[str, ...]:
+  rate = (RATE_FIELD,) if rate_change_allowed(workdir) else ()
+  return IGNORED_FIELDS + (workdir_lib.EXTENDABLE_FIELDS if extend else ()) + rate
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, extend: bool = False) -> dict:
@@ -293,9 +345,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   the same config and workdir (a shared file system): each reads and decodes only its part of
   every global batch, a signal on any process stops all of them at the same saved step, and
   process 0 writes the workdir's files other than checkpoints.
+
+  Another process training, evaluating or detecting in ``workdir`` is refused at once
+  (``runlock.WorkdirBusyError``), before anything is written; the lock is held until this returns.
   """
-  with _Preemption() as preemption:  # installed first: a signal during set-up still stops cleanly
-    return _run(config, pathlib.Path(workdir), preemption, extend)
+  with _Preemption() as preemption, contextlib.ExitStack() as held:  # a signal during set-up still stops cleanly
+    return _run(config, pathlib.Path(workdir), preemption, extend, held)
 
 
 def train_unless_finished(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -306,7 +361,7 @@ def train_unless_finished(config: ml_collections.ConfigDict, workdir: str | os.P
   path = workdir / evaluate.EVAL_FILE
   if path.exists() and any(k.startswith("final/") for r in read_metrics(workdir) for k in r):
     check_workdir_config(config, workdir)
-    return json.loads(path.read_text())
+    return run_files.read_json(path, "delete it to have the finished run evaluated again")
   return train_and_evaluate(config, workdir)
 
 
@@ -432,8 +487,16 @@ def _replicated(tree, mesh: Mesh):
       np.shape(x), sharding, lambda index, x=np.asarray(x): x[index]), tree)
 
 
+def smallest_input(model: models.SPPNet) -> int:
+  """The smallest input side ``model`` takes: its last conv map (and the no-SPP head's pool5) at least one cell."""
+  layers = models.spatial_layers(model.layers)
+  if model.levels is None:
+    layers = [*layers, (*model.baseline_pool, 0)]
+  return ops.min_input_size(layers)
+
+
 def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption,
-            extend: bool) -> tuple[_Run, TrainState, Progress]:
+            extend: bool, held: contextlib.ExitStack) -> tuple[_Run, TrainState, Progress]:
   t, d = config.train, config.data
   # Everything that can be refused is checked before anything is written.
   sizes = size_schedule(config)
@@ -442,11 +505,15 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption
     raise ValueError("train.mode='full' feeds whole images of varying sizes, which needs an SPP network "
                      "(model.spp=True).")
   validate_config(config)
+  # The lock comes before the data are read (that can take a while); a refusal from here on
+  # leaves no trace, as the lock removes a workdir it made that is still empty.
+  held.enter_context(runlock.hold(workdir, process_index=jax.process_index()))
   train_source = config_source(d, "train")
   class_names = getattr(train_source, "class_names", None)
   eval_source = config_source(d, "eval", **({"class_names": class_names} if class_names else {}))
   num_classes = sources.num_classes(d.name, train_split=d.train_split, holdout_fraction=d.get("holdout_fraction"))
   model = build_model(config, num_classes)
+  validate_input_sizes(config, smallest_input(model))
   mesh = make_mesh()
   if t.batch_size % mesh.size:
     raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the {mesh.size} devices.")
@@ -461,7 +528,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption
   check_workdir_config(config, workdir, extend)
 
   if _is_primary():
-    workdir_lib.write_config(config, workdir, ignore=_ignored_fields(extend))
+    workdir_lib.write_config(config, workdir, ignore=_ignored_fields(workdir, extend))
+    if not rate_change_allowed(workdir):  # a checkpoint was saved since: the record is spent
+      (workdir / NONFINITE_FILE).unlink(missing_ok=True)
     if class_names:
       sources.save_class_names(workdir, class_names)
   mean = load_mean(config, train_source, workdir)
@@ -521,11 +590,17 @@ def _stop(run: _Run, progress: Progress) -> dict:
 def _non_finite(run: _Run, window: tuple[int, int], epoch: int, shape, lr: float) -> NonFiniteError:
   run.manager.wait_until_finished()  # a save still in flight is the last good checkpoint
   last = run.manager.latest_step()
-  saved = (f"The last good checkpoint in {run.workdir / 'checkpoints'} is step {last}; rerun to resume from it."
-           if last is not None else "No checkpoint was saved yet, so the workdir takes a changed config.")
+  if _is_primary():
+    run_files.write_json(run.workdir / NONFINITE_FILE, {"last_checkpoint": last, "global_steps": list(window),
+                                                        "epoch": epoch, "lr": lr})
+  saved = (f"The last good checkpoint in {run.workdir / 'checkpoints'} is step {last}; rerun to resume from it, with "
+           f"a lower {RATE_FIELD} (this workdir takes that change until it saves a new checkpoint) or after checking "
+           "the input data." if last is not None else
+           f"No checkpoint was saved yet, so the workdir takes a changed config: rerun with a lower {RATE_FIELD} or "
+           "after checking the input data.")
   return NonFiniteError(
       f"non-finite loss or gradient between global steps {window[0]} and {window[1]} (epoch {epoch}, input "
-      f"{tuple(shape)}, lr {lr:g}); the update was skipped. {saved} Lower train.learning_rate or check the input data.")
+      f"{tuple(shape)}, lr {lr:g}); the update was skipped. {saved}")
 
 
 def _train_epoch(run: _Run, state: TrainState, progress: Progress, bar) -> tuple[TrainState, Progress, bool, bool]:
@@ -606,8 +681,9 @@ def _evaluate_and_close(run: _Run, params, progress: Progress) -> dict:
   return results
 
 
-def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption, extend: bool) -> dict:
-  run, state, progress = _set_up(config, workdir, preemption, extend)
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption, extend: bool,
+         held: contextlib.ExitStack) -> dict:
+  run, state, progress = _set_up(config, workdir, preemption, extend, held)
   t = config.train
   if progress.pending_eval:  # the last run saved an epoch and stopped before its validation
     state, progress = _validate(run, state, progress)

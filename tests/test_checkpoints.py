@@ -145,3 +145,16 @@ def test_integrity_record_hashes_the_array_bytes():
   expected = hashlib.sha256(np.full((8, 5), -3.0, np.float32).tobytes()).hexdigest()
   assert entry == {"sha256": expected, "shape": [8, 5], "dtype": "float32"}
   assert len(record["arrays"]) == 7
+
+
+def test_steps_of_another_network_are_a_mismatch_not_corruption(tmp_path):
+  _save_steps(tmp_path, steps=(2, 4))
+  before = _files(tmp_path)
+  abstract = jax.eval_shape(lambda: _state(0))
+  wider = abstract.replace(params={**abstract.params, "fc": {"kernel": jax.ShapeDtypeStruct((8, 6), jnp.float32)}})
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r"step 4: its arrays have other shapes than this network's \(params/fc/kernel: \(8, 5\) "
+                           r"saved, \(8, 6\) here\).*They are not damaged") as info:
+    checkpoints.restore_checkpoint(checkpoints.checkpoint_manager(tmp_path, 3), wider)
+  assert not isinstance(info.value, checkpoints.CorruptCheckpointError)
+  assert _files(tmp_path) == before

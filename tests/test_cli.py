@@ -127,7 +127,7 @@ def test_repeated_stray_and_empty_arguments_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command,flags", [("train", ["--config", "--workdir", "--extend"]),
-                                           ("detect", ["--image", "--top_k", "--score_threshold", "--out"]),
+                                           ("detect", ["--start_over", "--image", "--top_k", "--score_threshold", "--out"]),
                                            ("check-data", ["--config", "--split", "--workers"]),
                                            ("summary", ["--model", "--size", "--nospp"])])
 def test_each_command_has_its_own_help(command, flags):
@@ -271,3 +271,99 @@ def test_the_trunk_path_is_stored_resolved(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match="trunk workdir not found: gone"):
     pipeline.train_and_evaluate_detection(missing, tmp_path / "det2", log=lambda s: None)
   assert not (tmp_path / "det2").exists()
+
+
+# --- config files that do not load, damaged run files, a busy workdir, a full disk -----------------
+
+@pytest.mark.parametrize("source,expected", [
+    ("def get_config(:\n  pass\n", "{path}, line 1: invalid syntax (a syntax error); fix the config file."),
+    ("x = 1\n", "{path} defines no get_config(); a config file's get_config() returns the experiment's "
+                "ml_collections.ConfigDict (see experiments/)."),
+    ("import math\n\n\ndef get_config():\n  raise RuntimeError('no data root')\n",
+     "{path}, line 5: loading the config raised RuntimeError: no data root; fix the config file."),
+    ("def get_config():\n  return 5\n",
+     "{path}: get_config() returned int, not an ml_collections.ConfigDict; return the experiment's config."),
+], ids=["syntax", "no_get_config", "raises", "not_a_config"])
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, expected):
+  # In a new process: ml_collections loads every config file as the same module name, so in this
+  # one a file lacking get_config would find the one of a config file loaded before.
+  path = tmp_path / "broken.py"
+  path.write_text(source)
+  line = _one_error_line(sppnet("train", f"--config={path}", f"--workdir={tmp_path / 'w'}"), "train")
+  assert line == "sppnet train: error: " + expected.format(path=path)
+  assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_names_an_empty_config_json(tmp_path, capsys):
+  (tmp_path / "config.json").write_text("")
+  line = _in_process_error(capsys, "evaluate", f"--workdir={tmp_path}")
+  assert line == (f"sppnet evaluate: error: {tmp_path / 'config.json'} is not valid JSON (it is empty); delete it to "
+                  "let this run's config be written again, or restore it")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # the lock is gone
+
+
+def test_evaluate_in_a_workdir_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+  from test_runlock import HOLDER_COMMAND, _hold_in_subprocess
+  proc = _hold_in_subprocess(tmp_path)
+  try:
+    line = _in_process_error(capsys, "evaluate", f"--workdir={tmp_path}")
+  finally:
+    proc.kill()
+    proc.wait(30)
+  assert line.startswith(f"sppnet evaluate: error: {tmp_path} is in use by another process (pid {proc.pid} on ")
+  assert HOLDER_COMMAND in line
+
+
+def test_disk_full_messages():
+  import errno
+
+  from sppnet_jax import cli
+  error = OSError(errno.ENOSPC, "No space left on device", "/runs/a/metrics.jsonl")
+  assert cli.disk_full_message(error).startswith("no space left on the device while writing /runs/a/metrics.jsonl; "
+                                                 "free some space")
+  orbax = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/runs/a/checkpoints/4.orbax-checkpoint-tmp/state'
+                     '/_sharding": Failed to write 5607 bytes to file 9: No space left on device [os_error_code=\'28\']')
+  wrapped = RuntimeError("save failed")
+  wrapped.__cause__ = orbax
+  assert "while writing checkpoint /runs/a/checkpoints/4; " in cli.disk_full_message(wrapped)
+  assert cli.disk_full_message(ValueError("train.batch_size=0")) is None
+  assert cli.disk_full_message(OSError(errno.EACCES, "Permission denied")) is None
+
+
+# A command that fails as a full disk fails inside orbax's save threads: orbax and asyncio log
+# the error with tracebacks, then the save's error reaches the command.
+_DISK_FULL_COMMAND = """
+import asyncio, logging, sys
+from absl import logging as absl_logging
+from sppnet_jax import cli
+
+ORBAX = compile("def save():\\n  absl_logging.error('save thread failed', exc_info=True)\\n",
+                "/site-packages/orbax/checkpoint/future.py", "exec")
+
+def fail(args):
+  error = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/runs/a/checkpoints/4.orbax-checkpoint-tmp/s": '
+                     "Failed to write 5607 bytes to file 9: No space left on device [os_error_code='28']")
+  try:
+    raise error
+  except ValueError:
+    namespace = {"absl_logging": absl_logging}
+    exec(ORBAX, namespace)
+    namespace["save"]()
+    logging.getLogger("asyncio").error("Future exception was never retrieved", exc_info=True)
+  raise error
+
+cli.COMMANDS["summary"] = cli.Command(fail, "", "", ())
+cli.main(["sppnet", "summary", *sys.argv[1:]])
+"""
+
+
+def test_a_full_disk_is_one_line_and_library_tracebacks_come_only_on_request():
+  run = lambda *args: subprocess.run([sys.executable, "-c", _DISK_FULL_COMMAND, *args], cwd=REPO, capture_output=True,
+                                     text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  line = _one_error_line(run(), "summary")
+  assert line.startswith("sppnet summary: error: no space left on the device while writing checkpoint "
+                         "/runs/a/checkpoints/4; free some space")
+  shown = run("--traceback")
+  assert shown.returncode == 2
+  assert "save thread failed" in shown.stderr and "Future exception was never retrieved" in shown.stderr
+  assert "Traceback (most recent call last)" in shown.stderr

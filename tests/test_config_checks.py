@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sppnet_jax import config_checks, configs
+from sppnet_jax import config_checks, configs, state, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "experiments" / "imagenet").glob("*.py")) + \
@@ -107,3 +107,39 @@ def test_choices_match_the_code_that_uses_them():
   assert set(config_checks.VIEW_NAMES) == set(views.VIEWS)
   assert set(config_checks.TFDS_NAMES) == set(sources.TFDS_NUM_CLASSES)
   assert config_checks.ON_BAD_IMAGE == sources.ON_BAD_IMAGE
+
+
+@pytest.mark.parametrize("variant", ["nospp", "single", "multi", "full"])
+def test_the_main_jobs_configs_pass_the_input_size_check(variant):
+  """The no-SPP network needs 57 px but warps every evaluation input to its training size, so the
+  main job's sweep from 48 px is allowed there (as it is for the SPP networks, which take 25)."""
+  config = configs.synthetic(variant)
+  smallest = train.smallest_input(state.build_model(config, 12))
+  assert smallest == (57 if variant == "nospp" else 25)
+  assert min(config.eval.sweep_sizes) < 57
+  assert config_checks.input_size_problems(config, smallest) == []
+  config.data.crop_size = 40  # below 57: a real problem for the no-SPP network's training input
+  assert bool(config_checks.input_size_problems(config, smallest)) == (variant == "nospp")
+
+
+def test_input_sizes_below_the_smallest_the_network_takes_name_their_field_and_range():
+  config = configs.synthetic("multi")
+  config.data.update(crop_size=20, short_side=72, second_size=10)
+  config.eval.update(views=("crop", "multiview"), multiview_scales=(96, 16), sweep_sizes=(48,))
+  problems = config_checks.input_size_problems(config, 25)
+  assert problems == [
+      "data.crop_size=20 is too small for this network: an integer in [25, 72] (at most data.short_side=72); a "
+      "smaller input leaves its last conv map empty",
+      "data.second_size=10 is too small for this network: an integer >= 25; a smaller input leaves its last conv "
+      "map empty",
+      "eval.multiview_scales=(96, 16) is too small for this network: sizes >= 25; a smaller input leaves its last "
+      "conv map empty"]
+  config.eval.views = ("crop",)  # the multiview scales are not used
+  config.train.mode = "single"  # nor is the second size
+  assert len(config_checks.input_size_problems(config, 25)) == 1
+  random = configs.synthetic("random")
+  random.train.random_range = (20, 96)
+  with pytest.raises(ValueError, match=r"^invalid config: train.random_range=\(20, 96\) is too small for this "
+                                       r"network: a low end >= 25;"):
+    config_checks.validate_input_sizes(random, 25)
+  config_checks.validate_input_sizes(configs.synthetic("full"), 25)

@@ -72,3 +72,22 @@ def test_classification_and_detection_sources_share_it():
   rgba[..., 1], rgba[..., 3] = 200, 51
   np.testing.assert_array_equal(det_data.check_image(rgba, "r"), decode.to_rgb_uint8(rgba))
   np.testing.assert_array_equal(det_data.check_image(_png(rgba), "r"), decode.to_rgb_uint8(rgba))
+
+
+def test_the_image_extensions_are_the_formats_pillow_decodes():
+  from PIL import features
+  readable = decode.readable_extensions()
+  assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif"} <= readable
+  assert (".webp" in readable) == bool(features.check("webp"))  # this venv's Pillow has WebP
+  # Written only (PDF), a stub without a handler (HDF5), identified only (MPEG), not an image at all.
+  assert not {".pdf", ".h5", ".mpg", ".txt", ""} & readable
+  assert decode.is_image_file("a/b/Photo.WEBP") == bool(features.check("webp"))
+  assert decode.is_image_file("x.BMP") and not decode.is_image_file("notes.txt")
+
+
+def test_webp_and_bmp_files_written_by_pillow_decode_exactly(tmp_path):
+  rgb = np.random.default_rng(1).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(tmp_path / "a.bmp")
+  Image.fromarray(rgb).save(tmp_path / "a.webp", lossless=True)
+  np.testing.assert_array_equal(decode.decode_image_file(tmp_path / "a.bmp"), rgb)
+  np.testing.assert_array_equal(decode.decode_image_file(tmp_path / "a.webp"), rgb)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from sppnet_jax.checkpoints import checkpoint_manager
 from sppnet_jax.detection import cache, finetune
 from sppnet_jax.detection.config import detection_config
+from sppnet_jax.metrics_io import read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _write(path, feature_value: float):
@@ -140,3 +151,201 @@ def test_svm_images_do_not_keep_their_read_alive(tmp_path):
           "fc7": {"kernel": np.ones((6, 6), np.float32), "bias": np.zeros(6, np.float32)}}
   for im in CachedFc7Images(paths, head, window_batch=4, read_images=4):
     assert im.features.base is None and im.gt_features.base is None
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+def _resumable_setup(tmp_path, steps: int = 12):
+  """4 cached images, a tiny trunk head and a config whose stop step (6) falls inside a pool (4 steps each,
+  2 pools an epoch), with dropout and a learning-rate drop (step 7) after it."""
+  paths = [tmp_path / "cache" / f"{i:06d}.npz" for i in range(4)]
+  paths[0].parent.mkdir()
+  for i, p in enumerate(paths):
+    _write(p, 1.0 + i)
+  config = detection_config()
+  config.finetune.update(dict(batch_size=8, pool_images=2, pool_steps=4, steps=steps, lr=0.05, lr_boundaries=(7,),
+                              log_every=6, dropout=0.5, checkpoint_every=4))
+  key = jax.random.key(0)
+  trunk_head = {"fc6": {"kernel": 0.5 * jax.random.normal(key, (4, 6)), "bias": jnp.zeros(6)},
+                "fc7": {"kernel": 0.5 * jax.random.normal(key, (6, 6)), "bias": jnp.zeros(6)}}
+  return paths, trunk_head, config
+
+
+def _assert_same_params(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) == 6
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _signal_at(sig: int, step: int, steps: int, logs: list):
+  """A log callback that sends ``sig`` to this process when step ``step`` is logged."""
+  def log(line: str) -> None:
+    logs.append(line)
+    if f"fine-tune step {step}/{steps}:" in line:
+      os.kill(os.getpid(), sig)
+  return log
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The cached images, head and config of :func:`_resumable_setup` with the result of fine-tuning them
+  for 12 steps without a stop."""
+  tmp_path = tmp_path_factory.mktemp("uninterrupted")
+  paths, trunk_head, config = _resumable_setup(tmp_path)
+  params, stats = finetune.finetune_from_cache(paths, trunk_head, 3, config, lambda s: None,
+                                               checkpoint_dir=tmp_path / "run")
+  return paths, trunk_head, config, params, stats
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_fine_tuning_saves_and_resumes_to_bit_identical_parameters(tmp_path, capsys, uninterrupted, sig):
+  paths, trunk_head, config, reference, ref_stats = uninterrupted
+  run, logs, handler = tmp_path / "run", [], signal.getsignal(sig)
+  with pytest.raises(finetune.Stopped, match="stopped at step 6 of 12.*rerun the same command") as stopped:
+    finetune.finetune_from_cache(paths, trunk_head, 3, config, _signal_at(sig, 6, 12, logs), metrics_dir=run,
+                                 checkpoint_dir=run)
+  assert stopped.value.step == 6
+  assert checkpoint_manager(run, 2).all_steps() == [4, 6]  # the interval's step and the stop's
+  assert signal.getsignal(sig) is handler  # the handler is given back
+  if sig == signal.SIGINT:
+    assert "Ctrl-C: saving a checkpoint and stopping" in capsys.readouterr().out
+
+  logs.clear()
+  params, stats = finetune.finetune_from_cache(paths, trunk_head, 3, config, logs.append, metrics_dir=run,
+                                               checkpoint_dir=run)
+  _assert_same_params(params, reference)
+  assert stats["final_loss"] == ref_stats["final_loss"]
+  assert any("resumed at step 6/12" in line for line in logs)
+  assert [line.split("/")[0].split()[-1] for line in logs if "fine-tune step" in line] == ["12"]
+  assert [r["step"] for r in read_metrics(run)] == [6, 12]
+  assert checkpoint_manager(run, 2).all_steps() == [8, 12]  # the newest two kept
+
+  # A finished fine-tuning is restored, not redone.
+  logs.clear()
+  again, again_stats = finetune.finetune_from_cache(paths, trunk_head, 3, config, logs.append, checkpoint_dir=run)
+  _assert_same_params(again, reference)
+  assert again_stats["final_loss"] == ref_stats["final_loss"]
+  assert not [line for line in logs if "fine-tune step" in line]
+
+
+def test_resumed_batches_are_the_uninterrupted_ones(tmp_path):
+  paths, _, config = _resumable_setup(tmp_path)
+  f = config.finetune
+  whole = list(finetune.window_batches(paths, f, 0, 12))
+  for start in (0, 3, 4, 6, 11, 12):
+    rest = list(finetune.window_batches(paths, f, 0, 12, start))
+    assert len(rest) == 12 - start
+    for (x, y), (xr, yr) in zip(whole[start:], rest):
+      np.testing.assert_array_equal(x, xr), np.testing.assert_array_equal(y, yr)
+  sampler = finetune.PoolSampler.from_config(paths, f, 0)
+  assert finetune.data_position(6, sampler) == {"global_step": 6, "epoch": 0, "pool": 1, "pool_step": 2}
+  assert finetune.data_position(9, sampler) == {"global_step": 9, "epoch": 1, "pool": 0, "pool_step": 1}
+
+
+def test_checkpoint_every_is_validated_and_a_changed_sampling_is_refused(tmp_path):
+  paths, trunk_head, config = _resumable_setup(tmp_path, steps=4)
+  for bad in (0, -3, 2.5, True, None, "100"):
+    loose = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    loose.finetune.checkpoint_every = bad
+    with pytest.raises(ValueError, match=r"^finetune.checkpoint_every must be a whole number of steps >= 1"):
+      finetune.finetune_from_cache(paths, trunk_head, 3, loose, lambda s: None, checkpoint_dir=tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  config.finetune.checkpoint_every = 3
+  finetune.finetune_from_cache(paths, trunk_head, 3, config, lambda s: None, checkpoint_dir=tmp_path / "run")
+  changed = ml_collections.ConfigDict(config.to_dict())
+  changed.finetune.pool_steps = 3
+  with pytest.raises(ValueError, match="another window sampling"):
+    finetune.finetune_from_cache(paths, trunk_head, 3, changed, lambda s: None, checkpoint_dir=tmp_path / "run")
+  assert checkpoint_manager(tmp_path / "run", 2).all_steps() == [3, 4]  # nothing removed
+
+
+_FINETUNE_SCRIPT = """
+import json, pathlib, sys, time
+import jax, ml_collections, numpy as np
+from sppnet_jax.detection import finetune
+
+work, out, hang_at = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+config = ml_collections.ConfigDict(json.loads((work / "config.json").read_text()))
+head = dict(np.load(work / "trunk_head.npz"))
+trunk_head = {layer: {"kernel": head[layer + "/kernel"], "bias": head[layer + "/bias"]} for layer in ("fc6", "fc7")}
+
+def log(line):
+  print(line, flush=True)
+  if f"fine-tune step {hang_at}/" in line:
+    print("HANGING", flush=True)
+    time.sleep(600)
+
+params, _ = finetune.finetune_from_cache(sorted((work / "cache").glob("*.npz")), trunk_head, 3, config, log,
+                                         metrics_dir=pathlib.Path(out).parent, checkpoint_dir=pathlib.Path(out).parent)
+np.savez(out, **{"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+                 for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]})
+"""
+
+
+def _start_script(tmp_path, run: str, hang_at: int = -1) -> subprocess.Popen:
+  (tmp_path / run).mkdir(exist_ok=True)
+  return subprocess.Popen([sys.executable, str(tmp_path / "finetune_script.py"), str(tmp_path),
+                           str(tmp_path / run / "params.npz"), str(hang_at)], cwd=REPO,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_fine_tuning_resumes_to_bit_identical_parameters(tmp_path):
+  paths, trunk_head, config = _resumable_setup(tmp_path, steps=16)
+  config.finetune.log_every = 5  # logs 5, 10, 15, 16; checkpoints 4, 8, 12, 16
+  (tmp_path / "config.json").write_text(config.to_json())
+  np.savez(tmp_path / "trunk_head.npz", **{f"{layer}/{name}": np.asarray(v) for layer, d in trunk_head.items()
+                                          for name, v in d.items()})
+  (tmp_path / "finetune_script.py").write_text(_FINETUNE_SCRIPT)
+  reference = _start_script(tmp_path, "reference")
+  out, _ = reference.communicate(timeout=300)
+  assert reference.returncode == 0, out
+
+  killed = _start_script(tmp_path, "run", hang_at=10)
+  try:
+    lines = []
+    for line in killed.stdout:  # the run writes step 10's log line, then hangs past checkpoint 8
+      lines.append(line)
+      if line.startswith("HANGING"):
+        break
+    assert lines and lines[-1].startswith("HANGING"), "".join(lines)
+    deadline = time.time() + 120
+    while time.time() < deadline and checkpoint_manager(tmp_path / "run", 2).latest_step() != 8:
+      time.sleep(0.1)
+  finally:
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=60)
+  assert checkpoint_manager(tmp_path / "run", 2).all_steps() == [4, 8]
+  assert [r["step"] for r in read_metrics(tmp_path / "run")] == [5]  # written before the hang
+
+  rerun = _start_script(tmp_path, "run")
+  out, _ = rerun.communicate(timeout=300)
+  assert rerun.returncode == 0, out
+  assert "fine-tuning resumed at step 8/16" in out
+  ref, got = np.load(tmp_path / "reference" / "params.npz"), np.load(tmp_path / "run" / "params.npz")
+  assert sorted(ref) == sorted(got) and len(ref) == 6
+  for name in ref:
+    np.testing.assert_array_equal(ref[name], got[name])
+  assert [r["step"] for r in read_metrics(tmp_path / "run")] == [5, 10, 15, 16]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:class .* has no positive:RuntimeWarning")
+def test_the_detection_pipeline_returns_preempted_on_sigterm_and_a_rerun_resumes(tmp_path):
+  from sppnet_jax.detection import pipeline
+  from test_detection_pipeline import _tiny_config
+  config = _tiny_config()  # 10 fine-tuning steps, logged every 5
+  logs = []
+  result = pipeline.train_and_evaluate_detection(config, tmp_path, log=_signal_at(signal.SIGTERM, 5, 10, logs))
+  assert result["preempted"] and result["stage"] == "head" and result["global_step"] == 5
+  assert any("stopped at step 5 of 10" in line and "rerun the same command" in line for line in logs)
+  assert not (tmp_path / "system" / "head").exists() and not (tmp_path / "metrics.json").exists()
+  assert checkpoint_manager(tmp_path / "system" / "finetune", 2).all_steps() == [5]
+
+  logs.clear()
+  metrics = pipeline.train_and_evaluate_detection(config, tmp_path, log=logs.append)
+  assert np.isfinite(metrics["mAP"]) and metrics["finetune"]["steps"] == 10
+  assert any("fine-tuning resumed at step 5/10" in line for line in logs)
+  assert [r["step"] for r in read_metrics(tmp_path) if "finetune/loss" in r] == [5, 10]

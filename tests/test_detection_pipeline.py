@@ -15,6 +15,7 @@ from sppnet_jax.compile_count import count_compiles
 from sppnet_jax.detection import data as det_data
 from sppnet_jax.detection import features as feats
 from sppnet_jax.detection import cache, pipeline, rcnn, timing
+from sppnet_jax.detection import svm as svm_lib, system as system_lib
 from sppnet_jax.detection.config import detection_config
 from sppnet_jax.detection.system import DetectionSystem
 
@@ -278,17 +279,70 @@ def test_end_to_end_tiny_synthetic_and_cache_reuse(tmp_path, monkeypatch):
   assert [p.stat().st_mtime_ns for p in cached] == mtimes
   assert sum(compiles.values()) == 0, compiles
 
-  # A changed config is refused once trained outputs exist (the one workdir policy).
+  # Classes without a training positive have no SVM: no detections, AP undefined, left out of the mAP.
+  ftfc7 = metrics["ftfc7"]
+  untrained = ftfc7["no_svm"]
+  assert untrained and ftfc7["classes_in_mAP"] == sum(np.isfinite(list(ftfc7["ap"].values())))
+  assert all(np.isnan(ftfc7["ap"][n]) for n in untrained)
+  assert ftfc7["mAP"] == pytest.approx(np.nanmean(list(ftfc7["ap"].values())))
+  names = list(det_data.class_names("synthetic"))
+  with np.load(tmp_path / "detections.npz") as z:
+    drawn = {names[k] for key in z.files if key.endswith("/labels") for k in z[key]}
+  assert drawn and not drawn & set(untrained)
+
+  # A changed config is refused while an output that depends on it exists (the one workdir policy) ...
   changed = _tiny_config()
   changed.test.nms = 0.4
-  with pytest.raises(workdir_lib.ConfigChangedError, match="test"):
+  with pytest.raises(workdir_lib.ConfigChangedError, match="test.nms.*--start_over"):
     pipeline.train_and_evaluate_detection(changed, tmp_path, log=lambda s: None)
   assert (tmp_path / "system" / "head").exists()
+  # ... and start_over redoes only the test: features, head, SVMs and regressors are reused.
+  def retrained(*args, **kwargs):
+    raise AssertionError("the head or the SVMs were retrained although only test.nms changed")
+
+  monkeypatch.setattr(pipeline.finetune, "finetune_from_cache", retrained)
+  monkeypatch.setattr(pipeline.svm_lib, "train_svms", retrained)
+  redone = pipeline.train_and_evaluate_detection(changed, tmp_path, log=lambda s: None, start_over=True)
+  assert np.isfinite(redone["mAP"]) and [p.stat().st_mtime_ns for p in cached] == mtimes
 
   # Test-time detection on an empty proposal set gives no detections, not an error.
   system = DetectionSystem.restore(tmp_path, with_trunk=False)
   empty = system.detect_windows(np.zeros((0, 1)), np.zeros((0, 4)), (100, 120))
   assert empty["boxes"].shape == (0, 4) and empty["scores"].shape == (0,)
+
+
+def test_a_class_without_an_svm_has_no_detections_and_no_ap():
+  """Class 'b' was never fit (its SVM has zero weights): its tied scores must not become detections
+  or an AP that counts in the mAP."""
+  names = ("a", "b")
+  svms = svm_lib.LinearSVMs(np.eye(2, dtype=np.float32), np.zeros(2, np.float32), 1.0,
+                            {"retrains": np.array([1, 0]), "positives": np.array([3, 0])})
+  config = detection_config("synthetic", num_train=1, num_test=1)
+  system = system_lib.DetectionSystem(None, svms, None, names, config)
+  windows = np.array([[0, 0, 9, 9], [50, 50, 59, 59]], np.float64)
+  det = system.detect_windows(np.zeros((2, 1)), windows, (100, 100), scores=np.array([[2.0, 0.0], [1.0, 0.0]]))
+  assert det["labels"].tolist() == [0, 0]
+  gt = {"boxes": windows, "labels": np.array([0, 1]), "difficult": np.zeros(2, bool)}
+  m = system_lib.voc_metrics([det], [gt], names, svms.trained)
+  assert m["ap"]["a"] == 1.0 and np.isnan(m["ap"]["b"]) and m["mAP"] == 1.0 and m["npos"]["b"] == 1
+  assert m["no_svm"] == ["b"] and m["classes_in_mAP"] == 1 and m["no_test_positives"] == []
+  assert system_lib.left_out_note(m) == "mAP over 1 of 2 classes; left out: 1 without an SVM (no training positive) (b)"
+  # Without the mask the missed class would count as AP 0.
+  assert system_lib.voc_metrics([det], [gt], names)["mAP"] == 0.5
+  assert system_lib.bootstrap_map([det] * 2, [gt] * 2, names, num_resamples=10, trained=svms.trained) == (1.0, 1.0)
+
+
+def test_detect_image_names_a_too_small_file_before_loading_anything(tmp_path):
+  from PIL import Image
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+  with pytest.raises(ValueError, match=r"image '.*dot.png' is 1x1 pixels"):
+    pipeline.detect_image(tmp_path / "untrained", tmp_path / "dot.png", tmp_path / "out.png")
+  assert not (tmp_path / "out.png").exists()
+  # DetectionSystem.detect names the image as its caller does (the trunk is not reached).
+  svms = svm_lib.LinearSVMs(np.zeros((2, 1), np.float32), np.zeros(1, np.float32), 1.0)
+  system = system_lib.DetectionSystem(None, svms, None, ("a",), detection_config("synthetic"), trunk=object())
+  with pytest.raises(ValueError, match=r"image 'test\[7\]' is 1x1 pixels"):
+    system.detect(np.zeros((1, 1, 3), np.uint8), name="test[7]")
 
 
 @pytest.mark.slow

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pytest
@@ -243,3 +245,83 @@ def test_a_subset_maps_image_shape_to_its_own_examples():
   subset = sources.Subset(source, [5, 3])
   assert [subset.image_shape(i) for i in range(2)] == [source.image_shape(5), source.image_shape(3)]
   assert not hasattr(sources.Subset([{'image': np.zeros((2, 2, 3))}], [0]), 'image_shape')
+
+
+def _webp_bmp_layout(root: Path) -> None:
+  """root/train: ant as .png, .webp and .BMP with notes.txt and scores.csv beside them; bee as .bmp."""
+  _images(root / 'train', 'ant', 1)
+  _images(root / 'train', 'ant', 1, ext='.webp')  # lossless: the colour is exact
+  Image.fromarray(np.full((6, 9, 3), COLOURS['ant'], np.uint8)).save(root / 'train' / 'ant' / 'big.BMP')
+  _images(root / 'train', 'bee', 2, ext='.bmp')
+  (root / 'train' / 'ant' / 'notes.txt').write_text('not an image')
+  (root / 'train' / 'ant' / 'scores.csv').write_text('1,2')
+
+
+def test_webp_and_bmp_are_read_and_other_files_are_listed_and_warned_once(tmp_path, caplog):
+  _webp_bmp_layout(tmp_path)
+  name = f'folder:{tmp_path}'
+  with caplog.at_level('WARNING', logger=sources.__name__):
+    src = sources.get_source(name, 'train')
+    again = sources.get_source(name, 'train')
+  names = sorted(Path(f).name for f, _ in src.files)
+  assert names == ['ant00.png', 'ant00.webp', 'bee00.bmp', 'bee01.bmp', 'big.BMP']
+  assert [_class_of(ex) for ex in src] == ['ant', 'ant', 'ant', 'bee', 'bee']
+  assert src.non_image_files == again.non_image_files == tuple(
+    str(tmp_path / 'train' / 'ant' / f) for f in ('notes.txt', 'scores.csv'))
+  warnings = [r.getMessage() for r in caplog.records if 'not images' in r.getMessage()]
+  assert len(warnings) == 1  # once, however often the folder is loaded
+  assert '2 file(s)' in warnings[0] and 'ant/notes.txt, ant/scores.csv' in warnings[0]
+
+
+def test_check_data_reads_webp_and_bmp_and_lists_the_files_left_out(tmp_path):
+  from sppnet_jax.data import check
+  _webp_bmp_layout(tmp_path)
+  _images(tmp_path / 'validation', 'bee', 1, ext='.webp')
+  (tmp_path / 'train' / 'bee' / 'bee01.bmp').write_bytes(b'BM not really a bitmap')
+  c = configs.synthetic('single')
+  c.data.name, c.data.num_train, c.data.num_eval, c.data.cache = f'folder:{tmp_path}', None, None, False
+  results = check.check_data(c, 'both', workers=1)
+  train, val = results
+  assert train.num_examples == 5 and [Path(b.filename).name for b in train.bad] == ['bee01.bmp']
+  assert [Path(f).name for f in train.non_image_files] == ['notes.txt', 'scores.csv']
+  assert val.num_examples == 1 and not val.bad and not val.non_image_files
+  report = check.format_checks(results)
+  assert "train split 'train': 5 examples, 1 undecodable, 2 file(s) left out as not images" in report
+  assert f"  not an image, left out: {tmp_path / 'train' / 'ant' / 'notes.txt'}" in report
+  assert report.endswith('2 file(s) are not images Pillow decodes (by extension) and are left out of the data; '
+                         'convert them to an image format or move them out of the class folders.')
+  assert train.to_dict()['num_non_image_files'] == 2
+
+
+def _folder_with_two_corrupt_files(root: Path) -> Sequence[Any]:
+  """8 images (ant 0-3, bee 4-7) of which 1 and 6 are corrupt, read with on_bad_image='skip'."""
+  for cls in ('ant', 'bee'):
+    _images(root / 'train', cls, 4)
+  for bad in ('ant/ant01.png', 'bee/bee02.png'):
+    (root / 'train' / bad).write_bytes(b'\x89PNG\r\n\x1a\n cut short')
+  return sources.get_source(f'folder:{root}', 'train', on_bad_image='skip')
+
+
+@pytest.mark.parametrize('worker_count', [0, 2])
+def test_skipped_images_are_counted_whatever_the_worker_count(tmp_path, worker_count):
+  from sppnet_jax.data import pipeline
+  src = _folder_with_two_corrupt_files(tmp_path)
+  kw = dict(batch_size=4, seed=0, epoch=0, crop_size=4, short_side=6, pca_std=0.0, worker_count=worker_count)
+  batches = list(pipeline.train_batches(src, **kw))
+  assert src.num_skipped() == 2  # what train.py logs as data/skipped_images
+  assert len(batches) == 2 and sum(int(b['skipped'].sum()) for b in batches) == 2
+
+
+@pytest.mark.slow
+def test_skips_in_whole_image_batches_evaluation_and_the_mean_reach_the_source_from_workers(tmp_path):
+  from sppnet_jax.data import augment, pipeline
+  src = _folder_with_two_corrupt_files(tmp_path)
+  plan = pipeline.full_epoch_plan(np.tile([[6, 9]], (8, 1)), batch_size=4, seed=0, epoch=0, short_range=(6, 6),
+                                  bucket=3)
+  full = list(pipeline.full_train_batches(src, plan, seed=0, epoch=0, pca_std=0.0, worker_count=2))
+  assert sum(int(b['skipped'].sum()) for b in full) == 2 and src.num_skipped() == 2
+  pipeline.estimate_mean_image(src, 8, crop_size=4, short_side=6, worker_count=2)
+  assert src.num_skipped() == 4
+  prepare = functools.partial(augment.resize_image, size=4)  # picklable for the workers
+  list(pipeline.eval_batches(src, prepare=prepare, batch_size=4, worker_count=2))
+  assert src.num_skipped() == 6

@@ -96,6 +96,28 @@ def test_svm_negative_cache_cap_keeps_the_earliest_under_the_zero_model_then_bou
     S.train_svms(images, 1, max_negatives=0)
 
 
+def test_a_class_without_positives_gets_no_svm_and_no_scores():
+  """Class 2 has no GT in any image: it is left out of mining and training with a warning naming it,
+  instead of an all-zero SVM whose tied scores would earn it an AP."""
+  rng = np.random.default_rng(3)
+  means = _means(rng)
+  images = []
+  for _ in range(12):
+    im = _synthetic_image(rng, means, windows=40)
+    im.gt_labels = im.gt_labels % 2  # classes 0 and 1 only
+    images.append(im)
+  lines = []
+  with pytest.warns(RuntimeWarning, match=r"class 2 \(ring\) has no positive .* no SVM"):
+    svm = S.train_svms(images, K, retrain_every=100, log=lines.append, class_names=("a", "b", "ring"))
+  np.testing.assert_array_equal(svm.trained, [True, True, False])
+  assert svm.stats["positives"][2] == 0 and svm.stats["hard_added"][2] == 0 and svm.stats["retrains"][2] == 0
+  assert any("class 2 (ring)" in line for line in lines)
+  scores = S.score(images[0].features, svm)
+  assert np.isnan(scores[:, 2]).all() and np.isfinite(scores[:, :2]).all()
+  # SVMs set by hand (no training stats) count as trained for every class.
+  assert S.LinearSVMs(np.zeros((D, K), np.float32), np.zeros(K, np.float32), 1.0).trained.all()
+
+
 def test_encode_decode_roundtrip():
   rng = np.random.default_rng(2)
   p, t = _random_boxes(rng, 100), _random_boxes(rng, 100)

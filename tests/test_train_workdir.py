@@ -156,3 +156,102 @@ def test_a_metrics_file_cut_short_is_read_and_a_damaged_one_names_its_line(tmp_p
   (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
   with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record"):
     read_metrics(tmp_path)
+
+
+def test_extend_only_lengthens_and_a_refusal_rewrites_nothing(tmp_path):
+  old = tiny_config("single", epochs=3)
+  old.train.lr_drop_epochs = (2,)
+  workdir.write_config(old, tmp_path)
+  (tmp_path / "checkpoints" / "12").mkdir(parents=True)
+  written = (tmp_path / "config.json").read_bytes()
+  shorter = tiny_config("single", epochs=2)
+  shorter.train.lr_drop_epochs = (2,)
+  with pytest.raises(workdir.ConfigChangedError, match=r"can only lengthen: train.num_epochs=2 is below the run's 3"):
+    train.check_workdir_config(shorter, tmp_path, extend=True)
+  with pytest.raises(workdir.ConfigChangedError, match="train.num_epochs=2 is below"):
+    train.train_and_evaluate(shorter, tmp_path, extend=True)
+  assert (tmp_path / "config.json").read_bytes() == written
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json"]  # no metrics, no lock left
+  moved = tiny_config("single", epochs=5)
+  moved.train.lr_drop_epochs = (1, 4)  # a drop inside the epochs already trained
+  with pytest.raises(workdir.ConfigChangedError, match=r"train.lr_drop_epochs=\(1, 4\) moves drops"):
+    train.check_workdir_config(moved, tmp_path, extend=True)
+  longer = tiny_config("single", epochs=5)
+  longer.train.lr_drop_epochs = (2, 4)
+  train.check_workdir_config(longer, tmp_path, extend=True)
+  same = tiny_config("single", epochs=3)
+  same.train.lr_drop_epochs = (2,)
+  train.check_workdir_config(same, tmp_path, extend=True)
+
+
+@pytest.mark.parametrize("text,what", [("", "it is empty"), ('{"model": {"name": "zf5"', "it is cut short at line 1"),
+                                       ('{"model": nan-ish}', "Expecting value at line 1, column 11")])
+def test_a_damaged_config_json_is_named_with_the_way_out(tmp_path, text, what):
+  (tmp_path / "config.json").write_text(text)
+  expected = (f"{tmp_path / 'config.json'} is not valid JSON ({what}); delete it to let this run's config be written "
+              "again, or restore it")
+  with pytest.raises(ValueError) as info:
+    train.train_and_evaluate(tiny_config("single", epochs=1), tmp_path)
+  assert str(info.value) == expected
+  assert (tmp_path / "config.json").read_text() == text
+  with pytest.raises(ValueError) as info:
+    workdir.read_config(tmp_path)
+  assert str(info.value) == expected
+
+
+def test_config_json_is_written_whole(tmp_path, monkeypatch):
+  import errno
+  import os
+  from sppnet_jax import run_files
+  workdir.write_config({"a": 1}, tmp_path)
+
+  def disk_full(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(run_files.os, "fsync", disk_full)
+  with pytest.raises(OSError, match="No space left"):
+    workdir.write_config({"a": 2, "b": "x" * 10_000}, tmp_path)
+  assert json.loads((tmp_path / "config.json").read_text()) == {"a": 1}  # the old file, whole
+  assert os.listdir(tmp_path) == ["config.json"]  # no partial file left
+
+
+def test_crop_size_too_small_for_the_network_names_the_field_and_writes_nothing(tmp_path):
+  config = tiny_config("single", epochs=1)
+  config.data.crop_size = 20  # the slim ZF-5 takes at least 25 px
+  with pytest.raises(ValueError, match=r"data.crop_size=20 is too small for this network: an integer in \[25, 72\]"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def _poisoned_after(steps: int):
+  """``train.make_train_step`` whose steps from the ``steps``-th on report a non-finite loss."""
+  original = train.make_train_step
+
+  def make(model, tx, padded=False):
+    step = original(model, tx, padded)
+
+    def train_step(state, *args):
+      new, metrics = step(state, *args)
+      return new, {**metrics, "finite": metrics["finite"] & (state.step < steps)}
+
+    return train_step
+
+  return make
+
+
+def test_after_a_non_finite_stop_the_advised_lower_rate_resumes_the_run(tmp_path, monkeypatch):
+  config = tiny_config("single", epochs=1, ckpt=2)  # 4 steps; checkpoint at step 2
+  with monkeypatch.context() as patch:
+    patch.setattr(train, "make_train_step", _poisoned_after(3))
+    with pytest.raises(train.NonFiniteError) as info:
+      train.train_and_evaluate(config, tmp_path)
+  message = str(info.value)
+  assert "is step 2; rerun to resume from it, with a lower train.learning_rate" in message
+  lower = tiny_config("single", epochs=1, ckpt=2)
+  lower.train.learning_rate = 0.005
+  train.train_and_evaluate(lower, tmp_path)  # resumes from step 2 under the advised change
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["learning_rate"] == 0.005
+  assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == [1, 2, 3, 4]
+  lower.train.learning_rate = 0.001  # a checkpoint was saved since: the run is protected again
+  with pytest.raises(workdir.ConfigChangedError, match="train.learning_rate differ"):
+    train.check_workdir_config(lower, tmp_path)

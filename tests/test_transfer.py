@@ -296,3 +296,43 @@ def test_split_comparisons_need_two_splits_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="num_splits >= 2"):
     run.transfer_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "trunks").exists()
+
+
+# --- refused before any work -------------------------------------------------------------------
+
+def test_bad_config_and_missing_trunk_are_refused_before_anything_is_written(tmp_path):
+  config = transfer_configs.synthetic_scenes()
+  config.svm.C = 0.0
+  config.columns[2].layers = ("conv5", "fc9")
+  with pytest.raises(ValueError) as e:
+    run.transfer_and_evaluate(config, tmp_path / "run")
+  message = str(e.value)
+  assert "\n" not in message and message.startswith("invalid transfer config (3 problems)")
+  assert "svm.C=0.0 is not allowed" in message and "'conv5' has a fixed length only in the crop view" in message
+  assert "'fc9' is not a layer" in message
+  config = transfer_configs.synthetic_scenes()
+  config.trunks = {"nospp": "synthetic:nospp", "spp": str(tmp_path / "missing")}
+  with pytest.raises(FileNotFoundError, match="trunk 'spp'.*missing"):
+    run.transfer_and_evaluate(config, tmp_path / "run")
+  config.trunks = {"nospp": "synthetic:nospp", "spp": "synthetic:bogus"}
+  with pytest.raises(ValueError, match="trunk 'spp' \\(synthetic:bogus\\).*variant='bogus'"):
+    run.transfer_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_classes_with_too_few_images_are_named_before_any_trunk_or_feature(tmp_path):
+  config = transfer_configs.synthetic_shapes()
+  config.task.num_examples = 48  # about 4 images per class: fewer than train_per_class = 30
+  config.trunk_dir = str(tmp_path / "trunks")
+  task = tasks.synthetic_shapes(num_examples=48)
+  first = task.class_names[int(np.unique(task.targets["pool"])[0])]
+  with pytest.raises(ValueError, match=f"have too few images for the split.*'{first}' \\([0-9]+ images\\)"):
+    run.transfer_and_evaluate(config, tmp_path / "run")
+  scenes = transfer_configs.synthetic_scenes()
+  scenes.task.update(num_train=6, num_test=1)  # one test scene cannot hold every class
+  scenes.trunk_dir = str(tmp_path / "trunks")
+  scene_task = tasks.synthetic_scenes(6, 1, max_objects=3, object_size=(0.2, 0.6))
+  absent = scene_task.class_names[int(np.flatnonzero(scene_task.targets["test"][0] <= 0)[0])]
+  with pytest.raises(ValueError, match=f"cannot be scored.*'{absent}' \\(.*0 positive test images\\)"):
+    run.transfer_and_evaluate(scenes, tmp_path / "run")
+  assert not (tmp_path / "trunks").exists() and not (tmp_path / "run").exists()

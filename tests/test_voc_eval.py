@@ -101,6 +101,57 @@ def test_no_positives_gives_nan_with_warning():
   assert np.isnan(res["ap"])
 
 
+def _py_faster_rcnn_voc07_ap(rec, prec):
+  """py-faster-rcnn's ``voc_ap(rec, prec, use_07_metric=True)``, transcribed (with i / 10 thresholds)."""
+  ap = 0.0
+  for t in np.arange(11) / 10:
+    p = 0.0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
+    ap += p / 11.0
+  return ap
+
+
+def test_no_positives_follows_the_reference_rule_on_request():
+  """npos = 0: recall is 0/0 = NaN as in the devkit and py-faster-rcnn; no recall then reaches a
+  threshold, so their AP is 0 and counts in the mAP. The default reports it as undefined instead
+  and leaves it out of the mAP; no_positives='devkit' gives the references' 0."""
+  gt = {"boxes": np.array([[0, 0, 9, 9], [50, 50, 59, 59]], np.float64), "labels": np.array([0, 1]),
+        "difficult": np.array([False, True])}  # class 1: one difficult GT only, so npos = 0
+  det = {"boxes": np.array([[0, 0, 9, 9], [50, 50, 59, 59], [80, 80, 89, 89]], np.float64),
+         "scores": np.array([3.0, 2.0, 1.0]), "labels": np.array([0, 1, 1])}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    tp = np.cumsum([0.0, 0.0])  # the difficult match is ignored, the far one is an FP
+    fp = np.cumsum([0.0, 1.0])
+    ref_rec, ref_prec = tp / 0.0, tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+  assert np.isnan(ref_rec).all()
+  reference = _py_faster_rcnn_voc07_ap(ref_rec, ref_prec)
+  assert reference == 0.0
+  devkit = V.evaluate_class([det], [gt], 1, no_positives="devkit")
+  assert devkit["npos"] == 0 and np.isnan(devkit["recall"]).all() and devkit["ap"] == reference
+  np.testing.assert_array_equal(devkit["precision"], ref_prec)
+  with pytest.warns(RuntimeWarning, match="undefined"):
+    default = V.evaluate_class([det], [gt], 1)
+  assert np.isnan(default["ap"]) and np.isnan(default["recall"]).all()
+  both = V.evaluate_detections([det], [gt], 2, no_positives="devkit")
+  assert both["ap"].tolist() == [1.0, 0.0] and both["mAP"] == 0.5 and both["num_in_mAP"] == 2
+  with pytest.warns(RuntimeWarning, match=r"class 1 \(b\) has no non-difficult"):
+    left_out = V.evaluate_detections([det], [gt], 2, class_names=["a", "b"])
+  assert left_out["mAP"] == 1.0 and left_out["num_in_mAP"] == 1 and np.isnan(left_out["ap"][1])
+  with pytest.raises(ValueError, match="no_positives"):
+    V.evaluate_class([det], [gt], 1, no_positives="zero")
+
+
+def test_classes_not_evaluated_are_left_out_of_the_map():
+  gt = {"boxes": np.array([[0, 0, 9, 9], [50, 50, 59, 59]], np.float64), "labels": np.array([0, 1])}
+  det = {"boxes": np.array([[0, 0, 9, 9], [50, 50, 59, 59]], np.float64), "scores": np.array([1.0, 0.0]),
+         "labels": np.array([0, 1])}
+  res = V.evaluate_detections([det], [gt], 2, evaluated=[True, False])
+  assert res["ap"][0] == 1.0 and np.isnan(res["ap"][1]) and res["npos"].tolist() == [1, 1]
+  assert res["mAP"] == 1.0 and res["num_in_mAP"] == 1
+  with pytest.raises(ValueError, match="evaluated has 1 entries"):
+    V.evaluate_detections([det], [gt], 2, evaluated=[True])
+
+
 def test_bad_input_messages():
   with pytest.raises(ValueError, match="one entry per image"):
     V.evaluate_class([], [_grid_gt(1)], 0)

@@ -5,7 +5,9 @@ the TFDS readers release the GIL while decoding) and lists each one that raises,
 with its index, its file name where the source knows it, and the error.
 :func:`check_data` does that for the training and/or evaluation split of a
 config's dataset, exactly as a run reads it (same split folders, hold-out and
-subset draw), always with ``on_bad_image='error'`` so nothing is skipped.
+subset draw), always with ``on_bad_image='error'`` so nothing is skipped, and lists
+the files of an image folder's class folders that are not images Pillow decodes
+(left out of the split, see :class:`~sppnet_jax.data.sources.ImageFolderSource`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from sppnet_jax.data import sources
 
-__all__ = ["BadExample", "SplitCheck", "check_source", "check_data", "format_checks", "SPLITS"]
+__all__ = ["BadExample", "SplitCheck", "check_source", "check_data", "non_image_files", "format_checks", "SPLITS"]
 
 SPLITS = ("train", "eval", "both")
 
@@ -38,10 +40,12 @@ class SplitCheck:
   num_examples: int
   bad: tuple[BadExample, ...]
   seconds: float
+  non_image_files: tuple[str, ...] = ()  # files of the split's folder left out as not images
 
   def to_dict(self) -> dict:
     return {**dataclasses.asdict(self), "bad": [dataclasses.asdict(b) for b in self.bad],
-            "num_bad": len(self.bad)}
+            "num_bad": len(self.bad), "non_image_files": list(self.non_image_files),
+            "num_non_image_files": len(self.non_image_files)}
 
 
 def _filename(source: Any, index: int) -> str | None:
@@ -94,21 +98,35 @@ def check_data(config: Any, split: str = "both", *, workers: int | None = None,
     report = None if progress is None else (lambda done, total, w=which: progress(w, done, total))
     bad, seconds = check_source(source, workers=workers, progress=report)
     results.append(SplitCheck(which, str(config.data[f"{which}_split"]), repr(source), len(source), tuple(bad),
-                              seconds))
+                              seconds, non_image_files(source)))
   return results
 
 
+def non_image_files(source: Any) -> tuple[str, ...]:
+  """The files an image-folder source left out as not images (through any wrapper); () for others."""
+  files = getattr(source, "non_image_files", ())
+  return tuple(str(f) for f in files) if isinstance(files, (tuple, list)) else ()
+
+
 def format_checks(results: Sequence[SplitCheck]) -> str:
-  """A plain-text report: one line per split, then one per undecodable example."""
+  """A plain-text report: one line per split, then one per undecodable example and one per file
+  left out as not an image; a closing line sums them up."""
   lines = []
   for r in results:
     rate = r.num_examples / r.seconds if r.seconds > 0 else float("inf")
-    lines.append(f"{r.which} split {r.split!r}: {r.num_examples} examples, {len(r.bad)} undecodable, "
+    left_out = f", {len(r.non_image_files)} file(s) left out as not images" if r.non_image_files else ""
+    lines.append(f"{r.which} split {r.split!r}: {r.num_examples} examples, {len(r.bad)} undecodable{left_out}, "
                  f"{r.seconds:.1f} s ({rate:.0f} examples/s) [{r.source}]")
     for b in r.bad:
       lines.append(f"  [{b.index}] {b.filename or '(no file name)'}: {b.error}")
+    for f in r.non_image_files:
+      lines.append(f"  not an image, left out: {f}")
   total = sum(len(r.bad) for r in results)
   lines.append("all examples decode." if total == 0 else
                f"{total} undecodable example(s). Replace or delete those files, or train with "
                "--config.data.on_bad_image=skip to skip them (counted in the metrics).")
+  left_out = sorted({f for r in results for f in r.non_image_files})
+  if left_out:
+    lines.append(f"{len(left_out)} file(s) are not images Pillow decodes (by extension) and are left out of the "
+                 "data; convert them to an image format or move them out of the class folders.")
   return "\n".join(lines)

@@ -21,10 +21,15 @@ Encoded images (:func:`decode_image_bytes`, :func:`decode_image_file`) are opene
 palette images keep their transparency as alpha, CMYK/YCbCr/Lab are converted to RGB, 16-bit
 modes stay 16-bit until the bit-depth rule above. A file or buffer that cannot be decoded raises
 :class:`CorruptImageError` naming it.
+
+Which files are images: :func:`readable_extensions`, derived from the formats the installed Pillow
+decodes (JPEG, PNG, WebP, BMP, TIFF, GIF, ... as its plugins allow), never a hand-kept list.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import os
 from typing import Any
@@ -32,10 +37,15 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ALPHA_BACKGROUND", "CorruptImageError", "to_rgb_uint8", "decode_image_bytes", "decode_image_file",
-           "as_rgb_uint8"]
+           "as_rgb_uint8", "readable_extensions", "is_image_file"]
 
 ALPHA_BACKGROUND = 255  # transparent pixels become white
 _PIL_KEEP = ("1", "L", "LA", "RGB", "RGBA", "I", "F")
+# Formats with no opener of their own that another plugin opens: Pillow's JPEG plugin opens MPO
+# (multi-picture JPEG) files.
+_OPENED_BY = {"MPO": "JPEG"}
+# Formats whose plugin reads the header only and never the pixels.
+_IDENTIFY_ONLY = ("MPEG",)
 
 
 class CorruptImageError(ValueError):
@@ -90,6 +100,36 @@ def to_rgb_uint8(image: Any, *, name: str = "image") -> np.ndarray:
   if channels == 1:
     a = np.repeat(a, 3, axis=2)
   return np.ascontiguousarray(a)
+
+
+def _decodes(fmt: str) -> bool:
+  """Whether the installed Pillow decodes the pixels of format ``fmt`` (a key of its registry)."""
+  from PIL import Image, ImageFile
+  opener = Image.OPEN.get(_OPENED_BY.get(fmt, fmt))
+  if opener is None or fmt in _IDENTIFY_ONLY:
+    return False  # written only (PDF, Palm) or identified only
+  factory = opener[0]
+  # Stub plugins (BUFR, GRIB, HDF5, WMF) load pixels only through a handler an application
+  # registers, so they count as undecodable.
+  return not (inspect.isclass(factory) and issubclass(factory, ImageFile.StubImageFile))
+
+
+@functools.cache
+def readable_extensions() -> frozenset[str]:
+  """The file extensions (lower case, with the dot) of every format the installed Pillow decodes.
+
+  Derived from Pillow's registry (its registered extensions whose format it opens and loads), so a
+  plugin Pillow gains (WebP, AVIF, ...) is read without a change here. EPS/PS files are included:
+  Pillow decodes them when Ghostscript is installed and says so when it is not.
+  """
+  from PIL import Image
+  Image.init()  # registers every plugin, not only the common ones
+  return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if _decodes(fmt))
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+  """Whether ``path``'s extension (any case) is one of :func:`readable_extensions`."""
+  return os.path.splitext(os.fspath(path))[1].lower() in readable_extensions()
 
 
 def _pil_to_array(img) -> np.ndarray:

@@ -16,6 +16,13 @@ Parallel input: ``worker_count > 0`` runs the per-example work in that many grai
 processes, with ``prefetch`` batches read ahead per worker; 0 reads in this process with
 threads. The batches are identical either way.
 
+Skipped images: every training batch carries ``skipped`` int32 (B,), 1 where the row's
+example stands in for an undecodable one (``data.on_bad_image='skip'``,
+:class:`~sppnet_jax.data.sources.SkipBadImages`). Worker processes count such reads in
+their own copies of the source, so when they read, each delivered batch's count is added
+to this process's source (``count_skipped``): ``source.num_skipped()`` is right whatever
+``worker_count`` is.
+
 Evaluation batches always have the full batch size: the last partial batch is
 padded with zero rows whose ``mask`` is False (so a jitted step never sees a
 new shape). Every eval batch also carries ``index`` (int32, the source index,
@@ -37,11 +44,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from sppnet_jax.data import augment, device_augment
+from sppnet_jax.data.sources import REPLACED
 
 __all__ = [
   'steps_per_epoch', 'epoch_shuffle_seed', 'train_batches', 'eval_batches',
   'estimate_mean_image', 'bucket_shape', 'image_shapes', 'FullBatchPlan', 'full_epoch_plan',
   'full_train_batches', 'full_mode_mean', 'default_worker_count', 'check_shard', 'eval_workers',
+  'credit_skipped',
 ]
 
 Batch = dict[str, np.ndarray]
@@ -96,6 +105,35 @@ def iterate(ds, *, worker_count: int, prefetch: int, rows_per_item: int):
   return iter(it)
 
 
+def _skipped(example: dict[str, Any]) -> np.int32:
+  """1 when ``example`` stands in for an undecodable one (:data:`~sppnet_jax.data.sources.REPLACED`), else 0."""
+  return np.int32(bool(example.get(REPLACED, False)))
+
+
+def credit_skipped(items: Iterator[dict[str, Any]], source: Any, worker_count: int) -> Iterator[dict[str, Any]]:
+  """``items`` (batches or rows with a ``skipped`` field), each one's count added to
+  ``source.count_skipped`` as it is delivered when ``worker_count > 0``.
+
+  A worker process counts its replacements in its own copy of the source, which this process
+  never sees; the count travels back in the data instead. With ``worker_count == 0`` the reads
+  happen here and the source has counted them already, so ``items`` is returned unchanged (as it
+  is for a source without ``count_skipped``).
+  """
+  count = getattr(source, 'count_skipped', None)
+  if worker_count == 0 or not callable(count):
+    return items
+  return _crediting(items, count)
+
+
+def _crediting(items: Iterator[dict[str, Any]], count: Callable[[int], None]) -> Iterator[dict[str, Any]]:
+  """Yields ``items``, passing each one's summed ``skipped`` field to ``count`` when it is not 0."""
+  for item in items:
+    n = int(np.sum(item['skipped']))
+    if n:
+      count(n)
+    yield item
+
+
 def steps_per_epoch(source: Sequence[Any], batch_size: int) -> int:
   """Number of full training batches per epoch (the remainder is dropped)."""
   if batch_size < 1:
@@ -129,12 +167,12 @@ class _TrainTransform:
                                                          short_side=self.short_side, positions=self.positions,
                                                          pca_std=self.pca_std)
       return {'image': canvas, 'window': window, 'flip': np.bool_(flip), 'alpha': alpha,
-              'label': np.int32(example['label'])}
+              'label': np.int32(example['label']), 'skipped': _skipped(example)}
     image = augment.train_example(
       example['image'], rng, crop_size=self.crop_size, short_side=self.short_side,
       positions=self.positions, resize_to=self.resize_to, pca_std=self.pca_std,
       mean=self.mean)
-    return {'image': image, 'label': np.int32(example['label'])}
+    return {'image': image, 'label': np.int32(example['label']), 'skipped': _skipped(example)}
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -153,7 +191,8 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
                   mean: np.ndarray | float | None = None, start_step: int = 0,
                   worker_count: int = 0, prefetch: int = 2, shard: tuple[int, int] = (0, 1),
                   on_device: bool = False) -> Iterator[Batch]:
-  """One epoch of augmented training batches ``{'image': float32 (B, S, S, 3), 'label': int32 (B,)}``.
+  """One epoch of augmented training batches ``{'image': float32 (B, S, S, 3), 'label': int32 (B,),
+  'skipped': int32 (B,)}`` (``skipped``: see the module docstring).
 
   Args:
     source: random-access ``{'image', 'label'}`` source.
@@ -197,7 +236,8 @@ def train_batches(source: Sequence[dict[str, Any]], *, batch_size: int, seed: in
   # Local batch k of global step s is part s * count + index; the maps are lazy, so the other
   # processes' examples are never read here.
   ds = ds.slice(slice(start_step * count + index, n_steps * count, count))
-  return iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=batch_size // count)
+  batches = iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=batch_size // count)
+  return credit_skipped(batches, source, worker_count)
 
 
 def image_shapes(source: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -263,7 +303,7 @@ class _FullTrainTransform:
     n = len(batch.index)
     images = np.zeros((n, *batch.shape, 3), np.uint8 if self.on_device else np.float32)
     valid_hw = np.zeros((n, 2), np.int32)
-    labels = np.zeros(n, np.int32)
+    labels, skipped = np.zeros(n, np.int32), np.zeros(n, np.int32)
     flips, alphas = np.zeros(n, bool), np.zeros((n, 3), np.float32)
     for r, (i, short) in enumerate(zip(batch.index, batch.short_side)):
       example = self.source[int(i)]
@@ -274,10 +314,11 @@ class _FullTrainTransform:
       else:
         x = augment.normalize(augment.pca_color_noise(augment.random_flip(x, rng), rng, self.pca_std), self.mean)
       images[r, :x.shape[0], :x.shape[1]] = x
-      valid_hw[r], labels[r] = x.shape[:2], example['label']
+      valid_hw[r], labels[r], skipped[r] = x.shape[:2], example['label'], _skipped(example)
     if self.on_device:
-      return {'image': images, 'valid_hw': valid_hw, 'flip': flips, 'alpha': alphas, 'label': labels}
-    return {'image': images, 'valid_hw': valid_hw, 'label': labels}
+      return {'image': images, 'valid_hw': valid_hw, 'flip': flips, 'alpha': alphas, 'label': labels,
+              'skipped': skipped}
+    return {'image': images, 'valid_hw': valid_hw, 'label': labels, 'skipped': skipped}
 
 
 def full_mode_mean(mean: np.ndarray | float | str | None) -> np.ndarray | float | str | None:
@@ -293,7 +334,8 @@ def full_train_batches(source: Sequence[dict[str, Any]], plan: Sequence[FullBatc
                        start_step: int = 0, worker_count: int = 0, prefetch: int = 2,
                        shard: tuple[int, int] = (0, 1), on_device: bool = False) -> Iterator[Batch]:
   """The batches of a :func:`full_epoch_plan`, from ``start_step`` on:
-  ``{'image': float32 (B, H, W, 3) zero-padded, 'valid_hw': int32 (B, 2), 'label': int32 (B,)}``.
+  ``{'image': float32 (B, H, W, 3) zero-padded, 'valid_hw': int32 (B, 2), 'label': int32 (B,),
+  'skipped': int32 (B,)}`` (``skipped``: see the module docstring).
 
   ``mean`` goes through :func:`full_mode_mean`. ``worker_count``, ``prefetch`` and ``shard`` as
   in :func:`train_batches`. ``on_device``: the host stops after the resize: ``image`` is uint8
@@ -310,7 +352,8 @@ def full_train_batches(source: Sequence[dict[str, Any]], plan: Sequence[FullBatc
     plan = [FullBatchPlan(b.shape, b.index[rows], b.short_side[rows]) for b in plan]
   transform = _FullTrainTransform(source, seed, epoch, pca_std, full_mode_mean(mean), bool(on_device))
   ds = grain.MapDataset.source(plan).map(transform)
-  return iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=1)
+  return credit_skipped(iterate(ds, worker_count=worker_count, prefetch=prefetch, rows_per_item=1), source,
+                        worker_count)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -320,7 +363,8 @@ class _EvalTransform:
 
   def __call__(self, index: int, example: dict[str, Any]) -> dict[str, np.ndarray]:
     return {'image': np.asarray(self.prepare(example['image']), np.float32),
-            'label': np.int32(example['label']), 'index': np.int32(index), 'mask': np.bool_(True)}
+            'label': np.int32(example['label']), 'index': np.int32(index), 'mask': np.bool_(True),
+            'skipped': _skipped(example)}
 
 
 def bucket_shape(h: int, w: int, bucket: int) -> tuple[int, int]:
@@ -403,7 +447,7 @@ def eval_batches(source: Sequence[dict[str, Any]], *, prepare: Callable[[np.ndar
   workers = _EVAL_WORKERS.get() if worker_count is None else int(worker_count)
   ds = grain.MapDataset.source(source).map_with_index(_EvalTransform(prepare))
   if workers > 0:
-    it = iterate(ds, worker_count=workers, prefetch=2 * batch_size, rows_per_item=1)
+    it = credit_skipped(iterate(ds, worker_count=workers, prefetch=2 * batch_size, rows_per_item=1), source, workers)
   else:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
   if bucket is not None:
@@ -461,11 +505,12 @@ class _MeanCrop:
   crop_size: int
   short_side: int
 
-  def __call__(self, index: int) -> np.ndarray:
+  def __call__(self, index: int) -> dict[str, np.ndarray]:
     ex_rng = np.random.default_rng([self.seed, 2, int(index)])
-    x = augment.train_crop(self.source[int(index)]['image'], ex_rng, crop_size=self.crop_size,
+    example = self.source[int(index)]
+    x = augment.train_crop(example['image'], ex_rng, crop_size=self.crop_size,
                            short_side=self.short_side, positions='five')
-    return augment.random_flip(x, ex_rng)
+    return {'crop': augment.random_flip(x, ex_rng), 'skipped': _skipped(example)}
 
 
 def estimate_mean_image(source: Sequence[dict[str, Any]], n: int, crop_size: int = 224,
@@ -486,6 +531,7 @@ def estimate_mean_image(source: Sequence[dict[str, Any]], n: int, crop_size: int
   indices = rng.choice(len(source), size=min(n, len(source)), replace=False)
   ds = grain.MapDataset.source([int(i) for i in indices]).map(_MeanCrop(source, seed, crop_size, short_side))
   total = np.zeros((crop_size, crop_size, 3), np.float64)
-  for x in iterate(ds, worker_count=worker_count, prefetch=4, rows_per_item=1):  # in the order of ``indices``
-    total += x
+  crops = credit_skipped(iterate(ds, worker_count=worker_count, prefetch=4, rows_per_item=1), source, worker_count)
+  for item in crops:  # in the order of ``indices``
+    total += item['crop']
   return (total / len(indices)).astype(np.float32)

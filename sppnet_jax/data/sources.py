@@ -13,6 +13,12 @@
   folders: a seeded, stratified ``holdout_fraction`` of every class is the
   ``'validation'`` split and the rest the ``'train'`` split.
 
+Folder images: every file whose extension is one Pillow decodes
+(:func:`~sppnet_jax.data.decode.readable_extensions`: JPEG, PNG, WebP, BMP, TIFF, GIF, ...).
+Other files in the class folders are left out, never silently: the source lists them
+(``non_image_files``), loading warns once with their count and a few names, and
+``sppnet check-data`` prints them all.
+
 Folder labels: one class-to-label mapping per run, the sorted class folder names of
 the training split (:func:`class_names`); every other split is labelled by name
 with it, so a class missing from one split shifts nothing. A class folder of
@@ -26,7 +32,9 @@ from the file list), uniform for TFDS sources (reading a label there means readi
 the record). The synthetic source's ``num_examples`` is just its length.
 
 ``on_bad_image='skip'`` wraps a source in :class:`SkipBadImages`, which replaces
-an undecodable example by the next decodable one and counts it.
+an undecodable example by the next decodable one and counts it; the example that
+stands in carries ``REPLACED: True`` so the count can travel with the data out of
+worker processes.
 
 Every source has ``__len__`` and ``__getitem__``, so ``grain.MapDataset.source``
 can wrap it. Images are always uint8 RGB: decoding and conversion (grey, alpha, palette,
@@ -45,12 +53,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sppnet_jax.data.decode import CorruptImageError, as_rgb_uint8, decode_image_file, to_rgb_uint8
+from sppnet_jax.data.decode import (CorruptImageError, as_rgb_uint8, decode_image_file, is_image_file,
+                                    readable_extensions, to_rgb_uint8)
 from sppnet_jax.data.synthetic import CLASS_NAMES, SyntheticClassification
 
 __all__ = [
-  'TFDS_NUM_CLASSES', 'SYNTHETIC_SIZES', 'IMAGE_EXTENSIONS', 'ON_BAD_IMAGE', 'CLASSES_FILE',
-  'CorruptImageError', 'to_rgb_uint8', 'decode_image_file', 'TfdsClassificationSource',
+  'TFDS_NUM_CLASSES', 'SYNTHETIC_SIZES', 'ON_BAD_IMAGE', 'CLASSES_FILE', 'REPLACED',
+  'readable_extensions', 'CorruptImageError', 'to_rgb_uint8', 'decode_image_file', 'TfdsClassificationSource',
   'ImageFolderSource', 'Subset', 'SkipBadImages', 'stratified_indices', 'holdout_indices',
   'draw_subset', 'class_names', 'save_class_names', 'load_class_names', 'get_source',
   'source_from_config', 'num_classes',
@@ -58,9 +67,10 @@ __all__ = [
 
 TFDS_NUM_CLASSES: dict[str, int] = {'imagenet2012': 1000, 'imagenette': 10, 'caltech101': 102}
 SYNTHETIC_SIZES: dict[str, int] = {'train': 2000, 'validation': 500, 'test': 500}
-IMAGE_EXTENSIONS: tuple[str, ...] = ('.jpeg', '.jpg', '.png')
 ON_BAD_IMAGE: tuple[str, ...] = ('error', 'skip')
 CLASSES_FILE = 'classes.json'
+REPLACED = 'replaced'  # key of SkipBadImages' examples that stand in for an undecodable one
+_NAMES_SHOWN = 5  # file names a warning shows
 HOLDOUT_SPLIT = 'validation'
 _FOLDER_PREFIX = 'folder:'
 _log = logging.getLogger(__name__)
@@ -129,10 +139,27 @@ def _class_folders(folder: Path) -> list[str]:
   return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
 
 
-def _image_files(folder: Path) -> list[str]:
-  """The sorted image files (by extension, any case) anywhere under ``folder``."""
-  return [str(p) for p in sorted(folder.rglob('*'))
-          if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+def _folder_files(folder: Path) -> tuple[list[str], list[str]]:
+  """(image files, other files) anywhere under ``folder``, each sorted; image files are those
+  whose extension (any case) Pillow decodes (:func:`readable_extensions`)."""
+  files = [p for p in sorted(folder.rglob('*')) if p.is_file()]
+  return [str(p) for p in files if is_image_file(p)], [str(p) for p in files if not is_image_file(p)]
+
+
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _warn_non_images(root: Path, paths: Sequence[str]) -> None:
+  """Logs, once per process for the same files, that ``paths`` under ``root`` are left out."""
+  key = tuple(paths)
+  if not key or key in _WARNED:
+    return
+  _WARNED.add(key)
+  shown = ', '.join(os.path.relpath(p, root) for p in key[:_NAMES_SHOWN])
+  more = f' and {len(key) - _NAMES_SHOWN} more' if len(key) > _NAMES_SHOWN else ''
+  _log.warning('image folder %s: %d file(s) are not images Pillow decodes (by extension) and are left out: '
+               '%s%s. Convert them to an image format or move them out of the class folders; '
+               '`sppnet check-data` lists them all.', root, len(key), shown, more)
 
 
 class ImageFolderSource:
@@ -141,10 +168,11 @@ class ImageFolderSource:
   ``class_names`` fixes the label of every class (its position in the sequence);
   every class folder under ``root`` must be one of them, and a name without a
   folder simply has no examples here. Without it the classes are ``root``'s sorted
-  sub-folder names. Files with extensions ``.jpeg``, ``.jpg`` or ``.png`` (any
-  case) are used, sorted by label then path; a class folder without any is an
-  error. Decoding happens on access; a corrupt file raises
-  :class:`CorruptImageError` naming it.
+  sub-folder names. Files whose extension (any case) Pillow decodes
+  (:func:`readable_extensions`) are the examples, sorted by label then path; a class
+  folder without any is an error. The other files are left out, listed in
+  ``non_image_files`` and warned about once (count and a few names). Decoding happens
+  on access; a corrupt file raises :class:`CorruptImageError` naming it.
   """
 
   def __init__(self, root: str | os.PathLike, class_names: Sequence[str] | None = None):
@@ -166,15 +194,19 @@ class ImageFolderSource:
         f'({len(self.class_names)} classes); add those classes to the training split or '
         'remove the folders from this one.')
     files: list[tuple[str, int]] = []
+    others: list[str] = []
     empty = []
     for cls in sorted(folders, key=label_of.__getitem__):
-      found = _image_files(self.root / cls)
+      found, other = _folder_files(self.root / cls)
       if not found:
         empty.append(str(self.root / cls))
       files += [(f, label_of[cls]) for f in found]
+      others += other
+    self.non_image_files: tuple[str, ...] = tuple(others)
+    _warn_non_images(self.root, self.non_image_files)
     if empty:
-      raise ValueError(f'empty class folder(s), with no {"/".join(IMAGE_EXTENSIONS)} files: '
-                       f'{", ".join(empty)}; put images in them or remove them')
+      raise ValueError(f'empty class folder(s), with no image file Pillow decodes: {", ".join(empty)}; '
+                       'put images in them or remove them')
     self.files = files
 
   @property
@@ -347,8 +379,12 @@ class SkipBadImages:
   ``i + 1`` instead (or the next one that decodes, wrapping around at the end), so
   batch shapes never change and the replacement is the same on every run. Each such
   read is counted (:meth:`num_skipped`) and logged once per bad example
-  (:meth:`bad_indices`). A source where nothing decodes raises. The counter lives
-  in this process: worker processes each count their own reads.
+  (:meth:`bad_indices`); the example returned carries ``REPLACED: True``. A source
+  where nothing decodes raises.
+
+  The counter lives in this process. Reads in worker processes count in the workers'
+  copies, so the training pipelines carry each replacement back in the batches and add
+  it here with :meth:`count_skipped`.
   """
 
   def __init__(self, source: Sequence[Any]):
@@ -380,6 +416,13 @@ class SkipBadImages:
     with self._lock:
       return self._skipped
 
+  def count_skipped(self, n: int) -> None:
+    """Adds ``n`` replacements made by copies of this source in other processes."""
+    if n < 0:
+      raise ValueError(f'a skipped-image count must be >= 0, got {n}')
+    with self._lock:
+      self._skipped += int(n)
+
   def bad_indices(self) -> tuple[int, ...]:
     """The examples found undecodable so far, sorted."""
     with self._lock:
@@ -409,6 +452,7 @@ class SkipBadImages:
       if k:
         with self._lock:
           self._skipped += 1
+        return {**example, REPLACED: True}
       return example
     raise CorruptImageError(f'none of the {n} examples of {self.source!r} can be decoded')
 

@@ -63,6 +63,14 @@ def precomputed_proposals(config: ml_collections.ConfigDict, kind: str) -> list[
   return boxes
 
 
+def check_precomputed(precomputed: Sequence[np.ndarray] | None, num_images: int, kind: str) -> None:
+  """Refuses a precomputed proposal list (``kind``: 'train' or 'test') shorter than its split."""
+  if precomputed is not None and len(precomputed) < num_images:
+    field = "proposals.file" if kind == "train" else "proposals.test_file"
+    raise ValueError(f"the precomputed proposal file ({field}) has {len(precomputed)} images but the {kind} split "
+                     f"has {num_images}; give one entry per image in split order.")
+
+
 def image_proposals(image: np.ndarray, config: ml_collections.ConfigDict,
                     precomputed: np.ndarray | None = None) -> np.ndarray:
   """Sanitised proposals of one image (selective search unless ``precomputed`` is given), at most
@@ -101,10 +109,8 @@ def cache_split(config: ml_collections.ConfigDict, trunk: Trunk, source, directo
                 with_gt_windows: bool, precomputed: Sequence[np.ndarray] | None = None,
                 log: Callable[[str], None] = print) -> list[pathlib.Path]:
   """Computes (or reuses) the cache of a split, one image at a time; returns the file paths in order."""
+  check_precomputed(precomputed, len(source), "train" if with_gt_windows else "test")
   directory.mkdir(parents=True, exist_ok=True)
-  if precomputed is not None and len(precomputed) < len(source):
-    raise ValueError(f"the precomputed proposal file has {len(precomputed)} images but the split has "
-                     f"{len(source)}; give one entry per image in split order.")
   paths, computed, start = [], 0, time.time()
   for i in range(len(source)):
     path = directory / f"{i:06d}.npz"

@@ -1,16 +1,23 @@
 """The detection config: one factory with the paper's settings (experiment files adjust it).
 
-``detection_config`` builds it; ``with_resolved_trunk`` makes ``trunk.workdir`` absolute so a
-detection workdir's ``config.json`` names its trunk wherever it is read from.
+``detection_config`` builds it; ``validate_detection_config`` refuses, in one line naming every bad
+field, a config with values that cannot be meant (the style of the classification validator,
+:mod:`sppnet_jax.config_checks`), before anything is computed or written; ``with_resolved_trunk``
+makes ``trunk.workdir`` absolute so a detection workdir's ``config.json`` names its trunk wherever
+it is read from.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import pathlib
-from typing import Sequence
+from typing import Any, Sequence
 
 import ml_collections
+import numpy as np
+
+from sppnet_jax import config_checks as checks
 
 
 def detection_config(dataset: str = "synthetic", trunk_workdir: str = "", scales: Sequence[int] = (688,),
@@ -77,6 +84,7 @@ def detection_config(dataset: str = "synthetic", trunk_workdir: str = "", scales
   c.finetune.pool_steps = 32  # mini-batches drawn from one pool before the next pool is read
   c.finetune.worker_count = 0  # grain worker processes reading pools ahead (0: two threads of the training process)
   c.finetune.prefetch = 2  # pools buffered ahead of the step
+  c.finetune.checkpoint_every = 1000  # steps between checkpoints (also saved at the last step and on SIGTERM / Ctrl-C)
 
   c.svm = ml_collections.ConfigDict()
   c.svm.C = 0.001
@@ -104,8 +112,8 @@ def detection_config(dataset: str = "synthetic", trunk_workdir: str = "", scales
 def with_resolved_trunk(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``config`` with ``trunk.workdir`` made absolute (a copy when it changes), so the detection workdir's
   config.json names its trunk wherever it is used from; a trunk workdir that is not there is an error."""
-  if not config.trunk.workdir:
-    return config
+  if not config.trunk.workdir or not isinstance(config.trunk.workdir, str):
+    return config  # no trunk workdir, or not a path (validate_detection_config names it)
   resolved = pathlib.Path(config.trunk.workdir).expanduser().resolve()
   if not (resolved / "config.json").is_file():
     raise FileNotFoundError(f"trunk workdir not found: {config.trunk.workdir} (config.trunk.workdir, resolved to "
@@ -115,3 +123,148 @@ def with_resolved_trunk(config: ml_collections.ConfigDict) -> ml_collections.Con
   config = copy.deepcopy(config)
   config.trunk.workdir = str(resolved)
   return config
+
+
+# ------------------------------------------------------------------------------------- validation
+
+DATASETS = ("synthetic", "voc2007", "voc/2007")
+FEATURE_RULES = ("area", "side")
+SIMILARITIES = "CTSF"  # selective search's colour, texture, size and fill
+
+_PATH: checks.Check = (lambda v: isinstance(v, str)), "a path (a string; '' for none)"
+_OPTIONAL_PATH: checks.Check = (lambda v: v is None or isinstance(v, str)), "None or a path"
+_POSITIVE = checks._number(0.0, lo_open=True)
+_NON_NEGATIVE = checks._number(0.0)
+_OPEN_FRACTION = checks._number(0.0, 1.0, lo_open=True)
+_IOU = checks._number(0.0, 1.0, lo_open=True, hi_open=False)
+_UNIT = checks._number(0.0, 1.0, hi_open=False)
+
+
+def _not_nan(value: Any) -> bool:
+  """A real number that is not NaN (infinities allowed)."""
+  return (checks._is_int(value) or isinstance(value, (float, np.floating))) and not math.isnan(float(value))
+
+
+def _similarity_set(value: Any) -> bool:
+  """One selective-search strategy: a non-empty combination of the letters of ``SIMILARITIES``."""
+  letters = value.upper().replace("+", "") if isinstance(value, str) else ""
+  return bool(letters) and set(letters) <= set(SIMILARITIES)
+
+
+def _positive_numbers(value: Any) -> bool:
+  return checks._is_seq(value) and len(value) > 0 and all(checks._is_number(x) and float(x) > 0 for x in value)
+
+
+DETECTION_FIELDS: dict[str, checks.Check] = {
+    "dataset": checks._choice(DATASETS),
+    "data_dir": _OPTIONAL_PATH,
+    "train_split": checks._STRING,
+    "test_split": checks._STRING,
+    "num_train": checks._optional(checks._int_at_least(1)),
+    "num_test": checks._optional(checks._int_at_least(1)),
+    "seed": checks._int_at_least(0),
+    "trunk.workdir": (_PATH[0], "a classification workdir, or '' for a random trunk"),
+    "trunk.name": checks._choice(checks.MODEL_NAMES),
+    "trunk.width": _POSITIVE,
+    "trunk.depth": checks._optional(checks._int_at_least(1)),
+    "trunk.fc_width": checks._int_at_least(1),
+    "trunk.seed": checks._int_at_least(0),
+    "features.scales": checks._ints(1, nonempty=True),
+    "features.target_side": _POSITIVE,
+    "features.rule": checks._choice(FEATURE_RULES),
+    "features.size_multiple": checks._int_at_least(1),
+    "features.window_batch": checks._int_at_least(1),
+    "features.levels": checks._ints(1, nonempty=True),
+    "proposals.file": _PATH,
+    "proposals.test_file": _PATH,
+    "proposals.max_side": checks._optional(checks._int_at_least(1)),
+    "proposals.max_per_image": checks._int_at_least(1),
+    "proposals.min_box_size": checks._int_at_least(0),
+    "proposals.ks": (_positive_numbers, "a non-empty sequence of numbers > 0"),
+    "proposals.strategies": ((lambda v: checks._is_seq(v) and len(v) > 0 and all(_similarity_set(s) for s in v)),
+                             "a non-empty sequence of similarity sets, each made of the letters C, T, S, F "
+                             "(e.g. ('CTSF', 'TSF'))"),
+    "finetune.steps": checks._int_at_least(0),
+    "finetune.lr": _POSITIVE,
+    "finetune.lr_boundaries": checks._ints(0, nonempty=False),
+    "finetune.lr_decay": _POSITIVE,
+    "finetune.momentum": checks._number(0.0, 1.0),
+    "finetune.weight_decay": _NON_NEGATIVE,
+    "finetune.batch_size": checks._int_at_least(2),
+    "finetune.fg_fraction": _OPEN_FRACTION,
+    "finetune.fg_iou": _IOU,
+    "finetune.bg_iou_low": _UNIT,
+    "finetune.bg_iou_high": _UNIT,
+    "finetune.dropout": checks._number(0.0, 1.0),
+    "finetune.fc8_std": _NON_NEGATIVE,
+    "finetune.log_every": checks._int_at_least(1),
+    "finetune.pool_images": checks._int_at_least(1),
+    "finetune.pool_steps": checks._int_at_least(1),
+    "finetune.worker_count": checks._int_at_least(0),
+    "finetune.prefetch": checks._int_at_least(1),
+    "finetune.checkpoint_every": checks._int_at_least(1),
+    "svm.C": _POSITIVE,
+    "svm.positive_weight": _POSITIVE,
+    "svm.bias_multiplier": _POSITIVE,
+    "svm.negative_iou": _IOU,
+    "svm.retrain_every": checks._int_at_least(1),
+    "svm.max_negatives": checks._optional(checks._int_at_least(1)),
+    "svm.read_images": checks._int_at_least(1),
+    "svm.target_norm": _POSITIVE,
+    "bbox.enabled": checks._BOOL,
+    "bbox.lam": _POSITIVE,
+    "bbox.min_overlap": _IOU,
+    "bbox.max_per_class": checks._optional(checks._int_at_least(1)),
+    "test.nms": _UNIT,
+    "test.max_per_class": checks._int_at_least(1),
+    "test.score_threshold": (_not_nan, "a number (not NaN; -1e9 keeps every window)"),
+}
+
+
+def _field_problems(config: Any, fields: dict[str, checks.Check]) -> list[str]:
+  """One sentence per field of ``fields`` whose value in ``config`` is not allowed (absent fields pass)."""
+  problems = []
+  for field, (ok, allowed) in fields.items():
+    value = checks._lookup(config, field)
+    if value is checks._MISSING:
+      continue
+    try:
+      good = bool(ok(value))
+    except (TypeError, ValueError, OverflowError):
+      good = False
+    if not good:
+      problems.append(f"{field}={checks._show(value)} is not allowed: {allowed}")
+  return problems
+
+
+def detection_config_problems(config: Any) -> list[str]:
+  """Every problem :func:`validate_detection_config` would report, one sentence each ([] when none)."""
+  problems = _field_problems(config, DETECTION_FIELDS)
+  get = lambda field: checks._lookup(config, field)
+  if get("dataset") == "synthetic":
+    for field in ("num_train", "num_test"):
+      if get(field) is None:
+        problems.append(f"{field}=None is not allowed with dataset='synthetic': an integer >= 1 (the scenes are "
+                        "generated, so their number must be given)")
+  low, high = get("finetune.bg_iou_low"), get("finetune.bg_iou_high")
+  if checks._is_number(low) and checks._is_number(high) and not float(low) < float(high):
+    problems.append(f"finetune.bg_iou_low={low!r} is not allowed with finetune.bg_iou_high={high!r}: a number "
+                    "below it (background windows have their best IoU in [bg_iou_low, bg_iou_high))")
+  batch, fg = get("finetune.batch_size"), get("finetune.fg_fraction")
+  if checks._is_int(batch) and batch >= 2 and checks._is_number(fg) and 0 < fg < 1 and \
+      max(1, int(round(batch * float(fg)))) >= batch:
+    problems.append(f"finetune.fg_fraction={fg!r} is not allowed with finetune.batch_size={batch}: a fraction that "
+                    "leaves at least one background window in each mini-batch")
+  return problems
+
+
+def validate_detection_config(config: Any) -> None:
+  """Raises ``ValueError`` naming every field of a detection ``config`` whose value cannot be meant.
+
+  Pure: looks at the fields only (a ``ConfigDict`` or nested dicts), reads no file and loads no
+  data; fields a config does not have are not checked.
+  """
+  problems = detection_config_problems(config)
+  if problems:
+    raise ValueError(("invalid detection config: " if len(problems) == 1 else
+                      f"invalid detection config ({len(problems)} problems): ") + "; ".join(problems) + ".")

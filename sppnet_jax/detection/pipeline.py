@@ -1,8 +1,12 @@
 """The SPP-net detection system (paper section 4 / the released code), end to end.
 
 ``train_and_evaluate_detection(config, workdir)`` runs these stages; each names its output and is
-skipped when that output exists (a changed config is refused unless ``start_over``, which removes
-the trained outputs; cached features are keyed by what they depend on and stay valid):
+skipped when that output exists. A changed config is refused while an output that depends on a
+changed field exists (``TRAINED_OUTPUTS``), unless ``start_over`` (``sppnet detect --start_over``),
+which removes just those outputs: a new ``svm.C`` or ``test.nms`` keeps the fine-tuned head, and the
+cached features, keyed by what they depend on, always stay valid. The config is validated in full
+(:func:`~sppnet_jax.detection.config.validate_detection_config`), and the trunk, the data and any
+proposal files are checked, before anything is written:
 
 =============  ==========================================  =====================================
 stage          output                                      room
@@ -30,7 +34,7 @@ import pathlib
 import shutil
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -39,21 +43,42 @@ from sppnet_jax import workdir as workdir_lib
 from sppnet_jax.detection import bbox_regression, cache, data as det_data, finetune
 from sppnet_jax.detection import svm as svm_lib, system as system_lib
 from sppnet_jax.detection import features as feats
-from sppnet_jax.detection.config import detection_config, with_resolved_trunk
+from sppnet_jax.detection.config import detection_config, validate_detection_config, with_resolved_trunk
 from sppnet_jax.detection.trunk import load_trunk
 from sppnet_jax.detection.visualize import detect_image, draw_detections, select_drawn
 
-TRAINED_OUTPUTS = (system_lib.SYSTEM_DIR, "metrics.json", "detections.npz")
+_TEST_FIELDS = ("test", "test_split", "num_test")
+# Each trained output with the config fields (or sections) it does not depend on; every other field
+# may change it. The cached features are keyed by what they depend on (cache.cache_key) and never go stale.
+TRAINED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    f"{system_lib.SYSTEM_DIR}/finetune": ("svm", "bbox", *_TEST_FIELDS),  # fine-tuning checkpoints
+    f"{system_lib.SYSTEM_DIR}/head": ("svm", "bbox", *_TEST_FIELDS),
+    f"{system_lib.SYSTEM_DIR}/svms": ("bbox", *_TEST_FIELDS),
+    f"{system_lib.SYSTEM_DIR}/bbox": ("finetune", "svm", *_TEST_FIELDS),  # regresses from pool5, not the head
+    "metrics.json": (),
+    "detections.npz": (),
+}
 
 
-def _has_trained_outputs(workdir: pathlib.Path) -> bool:
-  return any((workdir / name).exists() for name in TRAINED_OUTPUTS)
+def stale_outputs(changed: Sequence[str]) -> list[str]:
+  """The trained outputs (``TRAINED_OUTPUTS``) that depend on any of the dotted config fields ``changed``."""
+  def depends(output: str, field: str) -> bool:
+    return not any(field == f or field.startswith(f + ".") for f in TRAINED_OUTPUTS[output])
+  return [out for out in TRAINED_OUTPUTS if any(depends(out, field) for field in changed)]
+
+
+def _start_over_hint(stale: Sequence[str], kept: Sequence[str]) -> str:
+  """How to go on in a workdir whose outputs ``stale`` a changed config makes stale."""
+  keeps = ", ".join(["the cached features", *kept])
+  return (f"To use this config here, rerun with --start_over (start_over=True in Python): it removes and redoes "
+          f"{', '.join(stale)} and keeps {keeps}.")
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, start_over: bool = False) -> None:
   """Writes ``config.json`` under the project's one policy (``workdir.write_config``): a changed
-  config is refused once the workdir holds trained outputs, unless ``start_over``, which removes
-  them (the cached features are keyed by what they depend on and stay)."""
+  config is refused while the workdir holds a trained output that depends on a changed field
+  (:func:`stale_outputs`), unless ``start_over``, which removes those outputs. Outputs the change
+  does not touch are kept (a new ``svm.C`` keeps the fine-tuned head), and so are the cached features."""
   path = workdir / "config.json"
   if path.exists():  # written before trunk paths were stored resolved: the same trunk, not a change
     old = json.loads(path.read_text())
@@ -61,14 +86,24 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, star
     if trunk and not os.path.isabs(trunk):
       old["trunk"]["workdir"] = str(pathlib.Path(trunk).expanduser().resolve())
       path.write_text(json.dumps(old, indent=2, sort_keys=True))
-  changed = workdir_lib.write_config(
-      config, workdir, has_outputs=_has_trained_outputs, start_over=start_over,
-      hint="Pass start_over=True to train_and_evaluate_detection to retrain the head, SVMs and regressors "
-           "(cached features are kept).")
-  if changed:
-    for name in TRAINED_OUTPUTS:
-      p = workdir / name
-      shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+  changed = workdir_lib.check_config(config, workdir, has_outputs=lambda w: False)
+  present = [name for name in TRAINED_OUTPUTS if (workdir / name).exists()]
+  stale = [name for name in stale_outputs(changed) if name in present]
+  workdir_lib.write_config(config, workdir, has_outputs=lambda w: bool(stale), start_over=start_over,
+                           hint=_start_over_hint(stale, [name for name in present if name not in stale]))
+  for name in stale:
+    p = workdir / name
+    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _precomputed_proposals(config: ml_collections.ConfigDict, sources: dict) -> dict:
+  """The precomputed proposals of the train and test splits (None where there are none), read and
+  checked against the splits' sizes (``sources``: kind -> source) before anything is written."""
+  out = {}
+  for kind, source in sources.items():
+    out[kind] = cache.precomputed_proposals(config, kind)
+    cache.check_precomputed(out[kind], len(source), kind)
+  return out
 
 
 def stage(name: str, output: pathlib.Path, run: Callable[[], Any], load: Callable[[], Any],
@@ -134,40 +169,50 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
                                  log: Callable[[str], None] = print, start_over: bool = False) -> dict:
   """Runs every stage of the module docstring that has no output yet; returns the metrics dict.
 
-  A workdir whose trained outputs came from another config is refused (``workdir.ConfigChangedError``)
-  unless ``start_over``, which retrains everything after the (reused) feature cache.
+  A workdir whose trained outputs depend on a field this config changes is refused
+  (``workdir.ConfigChangedError``) unless ``start_over``, which redoes just those outputs (the
+  feature cache is reused). Fine-tuning checkpoints to ``system/finetune`` and resumes from it;
+  SIGTERM or a first Ctrl-C during it saves and returns
+  ``{'preempted': True, 'stage': 'head', 'global_step': ...}`` (rerun to resume).
   """
   workdir = pathlib.Path(workdir)
+  t0 = time.time()
+  # Everything a config can be refused for is checked before anything is written: the trunk's
+  # workdir first (nothing else matters without it), then every field, the data and the proposal files.
   config = with_resolved_trunk(config)
+  validate_detection_config(config)
+  train_src, test_src = _sources(config)
+  proposals = _precomputed_proposals(config, {"train": train_src, "test": test_src})
+  trunk = load_trunk(config)
   workdir.mkdir(parents=True, exist_ok=True)
   _write_config(config, workdir, start_over)
-  t0 = time.time()
-  trunk = load_trunk(config)
   log(f"trunk: {trunk.description}")
-  train_src, test_src = _sources(config)
   names = det_data.class_names(config.dataset)
   log(f"feature cache: {workdir / 'cache' / cache.cache_key(config, trunk)}")
   train_paths = cache.cache_split(config, trunk, train_src, cache.split_dir(workdir, config, trunk, "train"), True,
-                                  cache.precomputed_proposals(config, "train"), log)
+                                  proposals["train"], log)
   test_paths = cache.cache_split(config, trunk, test_src, cache.split_dir(workdir, config, trunk, "test"), False,
-                                 cache.precomputed_proposals(config, "test"), log)
+                                 proposals["test"], log)
+  del proposals  # only the cache stage reads them
   t_cache = time.time() - t0
   log(f"features: {t_cache:.1f} s; peak memory so far {peak_rss_gib():.2f} GiB")
   part = lambda p: system_lib.part_path(workdir, p)
   ft_stats: dict[str, Any] = {}
 
   def run_head():
-    from sppnet_jax.metrics_io import MetricWriter
-    writer = MetricWriter(workdir)
-    try:
-      head, stats = finetune.finetune_from_cache(train_paths, trunk.params["head"], len(names), config, log, writer)
-    finally:
-      writer.close()
+    # Checkpoints beside the parts: a changed config is refused while they exist, start_over removes them.
+    head, stats = finetune.finetune_from_cache(train_paths, trunk.params["head"], len(names), config, log,
+                                               metrics_dir=workdir,
+                                               checkpoint_dir=workdir / system_lib.SYSTEM_DIR / "finetune")
     ft_stats.update(stats)
     system_lib.save_part(workdir, "head", head)
     return head
 
-  head = stage("head", part("head"), run_head, lambda: system_lib.load_part(workdir, "head"), log)
+  try:
+    head = stage("head", part("head"), run_head, lambda: system_lib.load_part(workdir, "head"), log)
+  except finetune.Stopped as stopped:  # SIGTERM or Ctrl-C: the step reached is saved
+    log(str(stopped))
+    return {"preempted": True, "stage": "head", "global_step": stopped.step, "message": str(stopped)}
   batch = trunk.settings.window_batch
   s = config.svm
 
@@ -176,7 +221,8 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
     svms = svm_lib.train_svms(images, len(names), C=float(s.C), positive_weight=float(s.positive_weight),
                               bias_multiplier=float(s.bias_multiplier), negative_iou=float(s.negative_iou),
                               retrain_every=int(s.retrain_every), max_negatives=s.max_negatives,
-                              target_norm=float(s.target_norm), seed=int(config.seed), log=log)
+                              target_norm=float(s.target_norm), seed=int(config.seed), log=log,
+                              class_names=names)
     system_lib.save_part(workdir, "svms", svms)
     return svms
 
@@ -210,7 +256,8 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
       metrics["mAP"] = res["ftfc7_bb"]["mAP"]
     final = res.get("detections_bb", res["detections"])
     # The final mAP's 95 % percentile-bootstrap interval over the test images (seeded).
-    metrics["mAP_interval"] = list(system_lib.bootstrap_map(final, res["gts"], names))
+    metrics["mAP_interval"] = list(system_lib.bootstrap_map(final, res["gts"], names,
+                                                            trained=system.svms.trained))
     cache.atomic_savez(workdir / "detections.npz",
                        **{f"{i:06d}/{k}": v for i, d in enumerate(final) for k, v in d.items()})
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
@@ -221,6 +268,9 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
   log(f"VOC07 mAP: ftfc7 {100 * metrics['ftfc7']['mAP']:.1f}" +
       (f", ftfc7 bb {100 * metrics['ftfc7_bb']['mAP']:.1f}" if "ftfc7_bb" in metrics else "") +
       f" ({metrics['num_test_images']} images)")
+  note = system_lib.left_out_note(metrics["ftfc7"])
+  if note:
+    log(note)
   return metrics
 
 

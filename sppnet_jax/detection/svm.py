@@ -20,6 +20,10 @@ Recipe (R-CNN ``rcnn_train.m`` defaults, which SPP-net's code reuses):
 * positives of class c: the non-difficult GT boxes of class c;
 * negatives of class c: windows whose IoU with every GT box of class c (difficult ones included,
   so that windows on a difficult object are never negatives) is below ``negative_iou`` (0.3);
+* a class with no positive gets no SVM: it is left out of mining and training with a warning,
+  its column of :attr:`LinearSVMs.trained` is False and :func:`score` gives it NaN, so it has no
+  detections and its AP is undefined (left out of the mAP), instead of the tied scores of an
+  all-zero model (the same holds for a class with positives but no negative window);
 * one pass over the images; per image and class, negatives scoring above ``hard_threshold``
   (-1.0001) that are not cached yet are added (before the first training the model is zero,
   so the first image contributes all its negatives); once ``retrain_every`` (2000) new hard
@@ -35,7 +39,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import warnings
-from typing import Callable, Collection, Union
+from typing import Callable, Collection, Sequence, Union
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -75,6 +79,16 @@ class LinearSVMs:
   feature_scale: float
   stats: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
+  @property
+  def trained(self) -> np.ndarray:
+    """(K,) bool: the classes whose SVM was fit (``stats['retrains'] > 0``). A class without a
+    positive or a negative example was never fit and has no SVM; without ``retrains`` in the stats
+    (SVMs set by hand) every class counts as fit."""
+    retrains = self.stats.get("retrains")
+    if retrains is None:
+      return np.ones(self.weights.shape[1], bool)
+    return np.asarray(retrains).reshape(-1) > 0
+
 
 def load_image(source: ImageSource, index: int = 0) -> ImageFeatures:
   """Resolves a callable / tuple / ImageFeatures into a validated :class:`ImageFeatures`."""
@@ -108,11 +122,14 @@ def load_image(source: ImageSource, index: int = 0) -> ImageFeatures:
 
 
 def score(features: np.ndarray, svm: LinearSVMs) -> np.ndarray:
-  """Scores of every window for every class: ``(R, D) -> (R, K)`` float32."""
+  """Scores of every window for every class: ``(R, D) -> (R, K)`` float32; NaN in the columns of
+  classes without an SVM (``svm.trained`` False), which have no score to give."""
   feats = np.asarray(features, np.float32)
   if feats.ndim != 2 or feats.shape[1] != svm.weights.shape[0]:
     raise ValueError(f"features must be (R, {svm.weights.shape[0]}); got {feats.shape}.")
-  return (feats * np.float32(svm.feature_scale)) @ svm.weights + svm.biases
+  scores = (feats * np.float32(svm.feature_scale)) @ svm.weights + svm.biases
+  scores[:, ~svm.trained] = np.nan
+  return scores
 
 
 def _glibc():
@@ -170,7 +187,8 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
                easy_threshold: float = -1.2, retrain_every: int = 2000, max_negatives: int | None = 10000,
                target_norm: float = 20.0,
                feature_scale: float | None = None, scale_sample_images: int = 100, max_iter: int = 10000,
-               seed: int = 0, log: Callable[[str], None] | None = None) -> LinearSVMs:
+               seed: int = 0, log: Callable[[str], None] | None = None,
+               class_names: Sequence[str] | None = None) -> LinearSVMs:
   """Trains one linear SVM per class with hard-negative mining (see the module docstring).
 
   Args:
@@ -185,10 +203,13 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
     target_norm: mean L2 norm after scaling. feature_scale: use this scale instead of estimating it.
     scale_sample_images: how many (seeded, random) images the scale is estimated on.
     max_iter: LinearSVC iteration cap. seed: seed of the image sample.
-    log: called with a progress line about every tenth of the mining pass (None: silent).
+    log: called with a progress line about every tenth of the mining pass, and with a line per
+      class left without an SVM (None: silent).
+    class_names: names of the K classes for the messages (None: ``class <id>`` only).
 
   Returns:
-    :class:`LinearSVMs` with float32 weights (D, K) and biases (K,).
+    :class:`LinearSVMs` with float32 weights (D, K) and biases (K,); a class with no positive (or no
+    negative) example is left out of training with a warning: zero weights, ``trained`` False.
   """
   n_img = len(per_image)
   if n_img == 0:
@@ -199,6 +220,8 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
     raise ValueError(f"retrain_every must be >= 1; got {retrain_every}.")
   if max_negatives is not None and max_negatives < 1:
     raise ValueError(f"max_negatives must be >= 1 or None (unbounded); got {max_negatives}.")
+  if class_names is not None and len(class_names) != num_classes:
+    raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}.")
   sample = set(np.random.default_rng(seed).permutation(n_img)[:scale_sample_images].tolist())
   _mmap_large_blocks()
 
@@ -227,6 +250,7 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
         positives[c].append(im.features[rows])
   scale = float(feature_scale) if feature_scale is not None else mean_norm_scale(scale_rows, target_norm)
   pos = [np.concatenate(p) * np.float32(scale) if p else np.zeros((0, dim), np.float32) for p in positives]
+  mined = [c for c in range(num_classes) if len(pos[c])]  # a class without positives is not trained
 
   # Pass 2: hard-negative mining.
   weights = np.zeros((dim, num_classes), np.float32)
@@ -257,7 +281,7 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
     x = im.features * np.float32(scale)
     scores = x @ weights + biases
     ious = iou_matrix(im.boxes, im.gt_boxes) if len(im.gt_boxes) else np.zeros((len(im.boxes), 0))
-    for c in range(num_classes):
+    for c in mined:
       own = im.gt_labels == c
       max_iou = ious[:, own].max(axis=1) if own.any() else np.zeros(len(im.boxes))
       # Each image is visited once, so these windows cannot be in the cache already.
@@ -273,11 +297,14 @@ def train_svms(per_image: Collection[ImageSource], num_classes: int, C: float = 
         hardest = np.argsort(-(cache_x[c] @ weights[:, c]), kind="stable")[:max_negatives]
         cache_x[c] = cache_x[c][np.sort(hardest)]
   for c in range(num_classes):
-    if len(pos[c]) == 0:
-      warnings.warn(f"class {c} has no positive (non-difficult GT) examples; its SVM is left at zero.",
-                    RuntimeWarning, stacklevel=2)
-    elif len(cache_x[c]) == 0:
-      warnings.warn(f"class {c} has no negative examples; its SVM is left untrained.", RuntimeWarning, stacklevel=2)
+    name = f"class {c}" + (f" ({class_names[c]})" if class_names is not None else "")
+    lacking = "positive (non-difficult GT)" if len(pos[c]) == 0 else "negative" if len(cache_x[c]) == 0 else None
+    if lacking is not None:
+      message = (f"{name} has no {lacking} training example: it gets no SVM, so no detections, and its AP is "
+                 "undefined (left out of the mAP).")
+      warnings.warn(message, RuntimeWarning, stacklevel=2)
+      if log is not None:
+        log(f"  {message}")
     elif pending[c] > 0 or retrains[c] == 0:
       retrain(c)
   stats = {"positives": np.array([len(p) for p in pos]), "negatives": np.array([len(x) for x in cache_x]),

@@ -120,6 +120,7 @@ class DetectionSystem:
     SVM scores on fine-tuned fc7 (``scores``, when already computed by :meth:`window_scores`),
     per-class box regression (if a regressor is present and ``use_regressor``), clipping,
     per-class NMS (``config.test.nms``) and at most ``config.test.max_per_class`` per class.
+    A class without an SVM (``svms.trained`` False) has no detections.
     Returns ``{'boxes' (M, 4), 'scores' (M,), 'labels' (M,)}``.
     """
     h, w = int(image_hw[0]), int(image_hw[1])
@@ -131,7 +132,7 @@ class DetectionSystem:
       reg = self.regressor if use_regressor else None
       boxes_k = (bbox_regression.apply(reg, pool5, windows) if reg is not None
                  else np.repeat(np.asarray(windows, np.float64)[:, None], num_classes, 1))
-      for c in range(num_classes):
+      for c in np.flatnonzero(self.svms.trained):
         b = box_ops.clip_boxes(boxes_k[:, c], h, w)
         s = scores[:, c]
         sel = np.flatnonzero(s > float(t.score_threshold))
@@ -143,11 +144,13 @@ class DetectionSystem:
       return {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}
     return {k: np.concatenate(v) for k, v in parts.items()}
 
-  def detect(self, image: np.ndarray, proposals: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Detections of one uint8 RGB image (proposals by selective search unless given)."""
+  def detect(self, image: np.ndarray, proposals: np.ndarray | None = None,
+             name: str = "image") -> dict[str, np.ndarray]:
+    """Detections of one uint8 RGB image (proposals by selective search unless given); ``name``
+    (its file, or its index) is what an error about the image calls it."""
     if self.trunk is None:
       raise ValueError("this DetectionSystem has no trunk; restore it with DetectionSystem.restore(workdir).")
-    image = det_data.check_image(image, "image")
+    image = det_data.check_image(image, name)
     windows = cache.image_proposals(image, self.config, proposals)
     wf = feats.window_features(self.trunk.model, self.trunk.params, image, windows, self.trunk.settings,
                                with_fc7=False)
@@ -177,23 +180,46 @@ class DetectionSystem:
 
 # ------------------------------------------------------------------------------------- evaluation
 
-def voc_metrics(detections: Sequence[dict], gts: Sequence[dict], class_names: Sequence[str]) -> dict:
-  """VOC07 AP per class and mAP; detections and GT both carry labels 0..K-1."""
+def voc_metrics(detections: Sequence[dict], gts: Sequence[dict], class_names: Sequence[str],
+                trained: Sequence[bool] | None = None) -> dict:
+  """VOC07 AP per class and mAP; detections and GT both carry labels 0..K-1.
+
+  A class outside ``trained`` (no SVM; None: every class has one) or with no non-difficult test GT
+  has an undefined AP (NaN) and is left out of the mAP; the result names both kinds
+  (``no_svm``, ``no_test_positives``) and counts the classes the mAP averages (``classes_in_mAP``).
+  """
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
-    res = voc_eval.evaluate_detections(list(detections), list(gts), len(class_names), class_names)
+    res = voc_eval.evaluate_detections(list(detections), list(gts), len(class_names), class_names,
+                                       evaluated=trained)
+  has_svm = np.ones(len(class_names), bool) if trained is None else np.asarray(trained, bool)
   return {"mAP": res["mAP"], "ap": {k: float(v) for k, v in res["ap_by_name"].items()},
-          "npos": {n: int(x) for n, x in zip(class_names, res["npos"])}}
+          "npos": {n: int(x) for n, x in zip(class_names, res["npos"])}, "classes_in_mAP": res["num_in_mAP"],
+          "no_svm": [n for n, ok in zip(class_names, has_svm) if not ok],
+          "no_test_positives": [n for n, ok, x in zip(class_names, has_svm, res["npos"]) if ok and x == 0]}
+
+
+def left_out_note(metrics: dict) -> str:
+  """How many classes a :func:`voc_metrics` mAP averages and why the others are left out ('' when none is)."""
+  parts = [f"{len(metrics[key])} {why} ({', '.join(metrics[key])})"
+           for key, why in (("no_svm", "without an SVM (no training positive)"),
+                            ("no_test_positives", "without a test positive"))
+           if metrics.get(key)]
+  if not parts:
+    return ""
+  return f"mAP over {metrics['classes_in_mAP']} of {len(metrics['ap'])} classes; left out: {'; '.join(parts)}"
 
 
 def bootstrap_map(detections: Sequence[dict], gts: Sequence[dict], class_names: Sequence[str],
-                  num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+                  num_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                  trained: Sequence[bool] | None = None) -> tuple[float, float]:
   """Percentile bootstrap interval of the mAP over test images (images resampled with replacement,
-  seeded: the same call gives the same interval)."""
+  seeded: the same call gives the same interval); ``trained`` as in :func:`voc_metrics`."""
   from sppnet_jax import stats
   if len(detections) != len(gts):
     raise ValueError(f"{len(detections)} detection sets for {len(gts)} images; give one per image.")
-  statistic = lambda idx: voc_metrics([detections[i] for i in idx], [gts[i] for i in idx], class_names)["mAP"]
+  statistic = lambda idx: voc_metrics([detections[i] for i in idx], [gts[i] for i in idx], class_names,
+                                      trained)["mAP"]
   return stats.bootstrap_interval(np.arange(len(gts)), statistic, num_resamples, seed, level)
 
 
@@ -202,7 +228,8 @@ def evaluate(system: DetectionSystem, images: Iterable[tuple[np.ndarray, np.ndar
   (``gt``: ``boxes``, ``labels``, ``difficult``).
 
   Returns ``{'ftfc7': metrics, 'detections': [...], 'images': n}`` and, with a regressor,
-  ``'ftfc7_bb'`` and ``'detections_bb'``.
+  ``'ftfc7_bb'`` and ``'detections_bb'``; the metrics are :func:`voc_metrics` with the classes that
+  have an SVM (``system.svms.trained``).
   """
   dets, dets_bb, gts = [], [], []
   for pool5, windows, image_hw, gt in images:
@@ -211,9 +238,11 @@ def evaluate(system: DetectionSystem, images: Iterable[tuple[np.ndarray, np.ndar
     if system.regressor is not None:
       dets_bb.append(system.detect_windows(pool5, windows, image_hw, use_regressor=True, scores=scores))
     gts.append(gt)
-  out = {"ftfc7": voc_metrics(dets, gts, system.class_names), "detections": dets, "gts": gts, "images": len(gts)}
+  trained = system.svms.trained
+  out = {"ftfc7": voc_metrics(dets, gts, system.class_names, trained), "detections": dets, "gts": gts,
+         "images": len(gts)}
   if system.regressor is not None:
-    out["ftfc7_bb"] = voc_metrics(dets_bb, gts, system.class_names)
+    out["ftfc7_bb"] = voc_metrics(dets_bb, gts, system.class_names, trained)
     out["detections_bb"] = dets_bb
   return out
 

@@ -66,14 +66,17 @@ def detect_image(workdir: str | os.PathLike, image_path: str | os.PathLike, out_
   """Detects objects in one image file with a trained workdir and draws them into ``out_png``.
 
   The ``top_k`` best-scoring detections (above ``score_threshold`` when one is given) are drawn
-  with their class and SVM score (:func:`select_drawn`). Returns the detections (``boxes``,
+  with their class and SVM score (:func:`select_drawn`); a class without an SVM has none. Returns the detections (``boxes``,
   ``scores``, ``labels`` 0..K-1, ``names``), ``drawn`` (their indices, best first) and
   ``summary`` (how many were drawn, why not more, and where).
   """
+  from sppnet_jax.detection.data import check_image
   from sppnet_jax.detection.system import DetectionSystem
-  image = decode.decode_image_file(image_path)  # FileNotFoundError before anything is loaded
+  name = os.fspath(image_path)
+  # A missing, broken or too small file is refused, by its name, before anything is loaded.
+  image = check_image(decode.decode_image_file(image_path), name)
   system = DetectionSystem.restore(workdir)
-  det = system.detect(image, proposals)
+  det = system.detect(image, proposals, name=name)
   shown, summary = select_drawn(det["scores"], top_k, score_threshold)
   draw_detections(image, det, system.class_names, shown, out_png)
   return {**det, "names": [system.class_names[k] for k in det["labels"]], "drawn": shown,

@@ -23,7 +23,11 @@ Matching rules for one class (devkit behaviour; the options reproduce other impl
 4. ``npos`` counts the non-difficult GT of the class. ``recall = tp / npos`` and
    ``precision = tp / max(tp + fp, eps)`` on cumulative counts (the ``eps`` floor, as detectron2,
    turns the 0/0 of leading ignored detections into precision 0 instead of py-faster-rcnn's NaN).
-   With ``npos == 0`` the AP is NaN and a warning is issued.
+   With ``npos == 0`` the recall is ``0 / 0 = NaN``, as in the devkit, py-faster-rcnn and
+   detectron2; there no recall then reaches any threshold, so their VOC07 AP is 0 and counts in
+   the mAP. Here such a class's AP is reported as NaN (undefined) with a warning and left out of
+   the mAP: a class absent from the test images says nothing about the detector. VOC 2007 test
+   holds every class, so the two agree on it; ``no_positives='devkit'`` gives the references' value.
 5. VOC07 11-point AP: the mean over ``t = i / 10, i = 0..10`` of ``max(precision[recall >= t])``
    (0 when no recall reaches ``t``). py-faster-rcnn builds the thresholds with
    ``np.arange(0, 1.1, 0.1)``, whose 0.30000000000000004, 0.6000000000000001 and
@@ -146,25 +150,44 @@ def match_detections(detections: Sequence[Mapping[str, Any]], ground_truth: Sequ
   return {"scores": scores, "tp": tp, "fp": fp, "image": img, "index": idx, "npos": npos}
 
 
+NO_POSITIVES = ("nan", "devkit")
+
+
+def count_positives(ground_truth: Sequence[Mapping[str, Any]], class_id: int) -> int:
+  """``npos``: the non-difficult GT boxes of ``class_id`` over the images."""
+  total = 0
+  for i, gt in enumerate(ground_truth):
+    _, labels, difficult = _gt_fields(gt, i)
+    total += int(((labels == class_id) & ~difficult).sum())
+  return total
+
+
 def evaluate_class(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]],
                    class_id: int, iou_threshold: float = 0.5, use_07: bool = True,
-                   strict_threshold: bool = False, arange_thresholds: bool = False) -> dict[str, Any]:
+                   strict_threshold: bool = False, arange_thresholds: bool = False,
+                   no_positives: str = "nan") -> dict[str, Any]:
   """AP of one class over a set of images (see the module docstring for the rules and layouts).
 
   Returns ``{'ap', 'recall', 'precision', 'npos', 'tp', 'fp'}`` with cumulative recall and
   precision over the score-sorted detections (ignored ones included, as the devkit does) and
-  boolean per-detection ``tp``/``fp``. ``ap`` is NaN (with a warning) if the class has no
-  non-difficult GT.
+  boolean per-detection ``tp``/``fp``. If the class has no non-difficult GT the recall is NaN and
+  ``ap`` is NaN with a warning (``no_positives='nan'``) or the references' value, the AP rule
+  applied to that NaN recall (``'devkit'``: 0 for VOC07).
   """
+  if no_positives not in NO_POSITIVES:
+    raise ValueError(f"no_positives must be one of {NO_POSITIVES}; got {no_positives!r}.")
   m = match_detections(detections, ground_truth, class_id, iou_threshold, strict_threshold)
   tp, fp = np.cumsum(m["tp"], dtype=np.float64), np.cumsum(m["fp"], dtype=np.float64)
   npos = int(m["npos"])
   precision = tp / np.maximum(tp + fp, _EPS)
   if npos == 0:
-    warnings.warn(f"class {class_id} has no non-difficult ground truth in these images; its AP is NaN.",
-                  RuntimeWarning, stacklevel=2)
-    recall = np.full_like(tp, np.nan)
-    ap = float("nan")
+    recall = np.full_like(tp, np.nan)  # the references' tp / npos = 0 / 0
+    if no_positives == "devkit":
+      ap = voc_ap(recall, precision, use_07=use_07, arange_thresholds=arange_thresholds)
+    else:
+      warnings.warn(f"class {class_id} has no non-difficult ground truth in these images; its AP is NaN "
+                    "(undefined) and it is left out of the mAP.", RuntimeWarning, stacklevel=2)
+      ap = float("nan")
   else:
     recall = tp / npos
     ap = voc_ap(recall, precision, use_07=use_07, arange_thresholds=arange_thresholds)
@@ -175,27 +198,38 @@ def evaluate_detections(detections_per_image: Sequence[Mapping[str, Any]],
                         ground_truth_per_image: Sequence[Mapping[str, Any]], num_classes: int,
                         class_names: Sequence[str] | None = None, iou_threshold: float = 0.5,
                         use_07: bool = True, strict_threshold: bool = False,
-                        arange_thresholds: bool = False) -> dict[str, Any]:
+                        arange_thresholds: bool = False, evaluated: Sequence[bool] | None = None,
+                        no_positives: str = "nan") -> dict[str, Any]:
   """Per-class AP and mAP over all images, for class ids ``0 .. num_classes - 1``.
 
-  Returns ``{'ap': (K,) array, 'ap_by_name': {name: ap}, 'npos': (K,) int array, 'mAP': float}``.
-  ``mAP`` averages the classes with a defined AP (NaN-AP classes, i.e. without non-difficult GT,
-  are left out); it is NaN if no class has one. Names default to ``'class_<id>'``.
+  ``evaluated`` (K,) bool, optional: the classes to score; the others (e.g. classes without a
+  trained detector) get AP NaN. ``no_positives``: see :func:`evaluate_class`.
+
+  Returns ``{'ap': (K,) array, 'ap_by_name': {name: ap}, 'npos': (K,) int array, 'mAP': float,
+  'num_in_mAP': int}``. ``mAP`` averages the ``num_in_mAP`` classes with a defined AP (NaN-AP
+  classes are left out); it is NaN if no class has one. Names default to ``'class_<id>'``.
   """
   if int(num_classes) < 1:
     raise ValueError(f"num_classes must be >= 1; got {num_classes}.")
   names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(num_classes)]
   if len(names) != num_classes:
     raise ValueError(f"class_names has {len(names)} entries but num_classes is {num_classes}.")
-  aps, npos = np.zeros(num_classes), np.zeros(num_classes, np.int64)
+  scored = np.ones(num_classes, bool) if evaluated is None else np.asarray(evaluated, bool).reshape(-1)
+  if scored.shape != (num_classes,):
+    raise ValueError(f"evaluated has {scored.size} entries but num_classes is {num_classes}.")
+  aps, npos = np.full(num_classes, np.nan), np.zeros(num_classes, np.int64)
   for k in range(num_classes):
+    if not scored[k]:
+      npos[k] = count_positives(ground_truth_per_image, k)
+      continue
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
       res = evaluate_class(detections_per_image, ground_truth_per_image, k, iou_threshold, use_07,
-                           strict_threshold, arange_thresholds)
+                           strict_threshold, arange_thresholds, no_positives)
     for w in caught:
       warnings.warn(str(w.message).replace(f"class {k} ", f"class {k} ({names[k]}) "), w.category, stacklevel=2)
     aps[k], npos[k] = res["ap"], res["npos"]
   defined = ~np.isnan(aps)
   m_ap = float(aps[defined].mean()) if defined.any() else float("nan")
-  return {"ap": aps, "ap_by_name": dict(zip(names, aps.tolist())), "npos": npos, "mAP": m_ap}
+  return {"ap": aps, "ap_by_name": dict(zip(names, aps.tolist())), "npos": npos, "mAP": m_ap,
+          "num_in_mAP": int(defined.sum())}

@@ -12,6 +12,11 @@ Config (see ``experiments/transfer/``):
 
 Outputs in the workdir: ``config.json``, ``features/<column>_<split>.npz`` (float16, reused when
 the trunk's checkpoint and the view are unchanged), ``results.json`` and ``report.md``.
+
+Before anything is trained, extracted or written, the config is validated in full
+(:func:`~sppnet_jax.transfer.checks.validate_transfer_config`), every trunk is checked to exist (or
+its training config to be valid), a changed config in a finished workdir is refused, and the task's
+classes are checked, by name, to have enough images (:func:`~sppnet_jax.transfer.checks.check_task`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from sppnet_jax import configs, stats
+from sppnet_jax import config_checks, configs, stats
 from sppnet_jax import workdir as workdir_lib
+from sppnet_jax.transfer import checks
 from sppnet_jax.transfer import features as features_lib
 from sppnet_jax.transfer import protocol, tasks
 
@@ -47,15 +53,33 @@ def _trunk_config(spec: str) -> ml_collections.ConfigDict | None:
   return None
 
 
-def prepare_trunk(name: str, spec: str, trunk_root: pathlib.Path):
-  """(config, model, params, mean, checkpoint dir) of a trunk, training it first if needed; None
-  when that training was stopped by a signal (it saved; rerunning resumes it)."""
+def check_trunk(name: str, spec: str) -> ml_collections.ConfigDict | None:
+  """The training config of trunk ``name`` (None when ``spec`` names a trained workdir), checked
+  without training anything: a workdir must hold a checkpoint, a config must pass
+  :func:`sppnet_jax.config_checks.validate_config`."""
   config = _trunk_config(spec)
   if config is None:
     trunk_dir = pathlib.Path(spec)
     if not (trunk_dir / "config.json").is_file():
       raise FileNotFoundError(f"trunk {name!r}: {spec!r} is neither a training workdir (no config.json) nor a "
                               "config (synthetic:<variant> or a .py file).")
+    if not workdir_lib.has_checkpoint(trunk_dir):
+      raise FileNotFoundError(f"trunk {name!r}: {spec!r} holds no checkpoint yet; finish its training "
+                              f"('sppnet train --workdir {spec} ...') first.")
+    return None
+  try:
+    config_checks.validate_config(config)
+  except ValueError as e:
+    raise ValueError(f"trunk {name!r} ({spec}): {e}") from None
+  return config
+
+
+def prepare_trunk(name: str, spec: str, trunk_root: pathlib.Path):
+  """(config, model, params, mean, checkpoint dir) of a trunk, training it first if needed; None
+  when that training was stopped by a signal (it saved; rerunning resumes it)."""
+  config = check_trunk(name, spec)
+  if config is None:
+    trunk_dir = pathlib.Path(spec)
   else:
     from sppnet_jax import train  # only when a trunk must be trained
     trunk_dir = trunk_root / name
@@ -120,13 +144,16 @@ def transfer_and_evaluate(config: ml_collections.ConfigDict, workdir: str | path
   """Runs every column of ``config`` in ``workdir`` and writes ``results.json`` and ``report.md``.
   Returns the results, or ``{'preempted': True, 'trunk': name}`` when a trunk's training was stopped."""
   workdir = pathlib.Path(workdir)
-  _check(config)
-  workdir_lib.write_config(config, workdir, has_outputs=lambda w: (w / RESULTS_FILE).exists(), ignore=("progress",))
   start = time.time()
+  # Everything a config can be refused for is checked before anything is trained, extracted or written.
+  checks.validate_transfer_config(config)
+  for name, spec in config.trunks.items():
+    check_trunk(name, str(spec))
+  policy = dict(has_outputs=lambda w: (w / RESULTS_FILE).exists(), ignore=("progress",))
+  workdir_lib.check_config(config, workdir, **policy)
   task = tasks.get_task(config)
-  if task.kind == "split" and config.get("comparisons") and config.splits.num_splits < 2:
-    raise ValueError("comparisons between columns of a split task pair their splits and need splits.num_splits >= 2; "
-                     "raise it or drop the comparisons.")
+  checks.check_task(config, task)
+  workdir_lib.write_config(config, workdir, **policy)
   trunk_root = pathlib.Path(config.trunk_dir) if config.get("trunk_dir") else workdir / "trunks"
   trunks = {}
   for name, spec in config.trunks.items():
@@ -163,18 +190,6 @@ def _layers(config, column_name: str) -> tuple[str, ...]:
     if column.name == column_name:
       return tuple(column.layers)
   raise ValueError(f"comparison names column {column_name!r}, which the config does not have.")
-
-
-def _check(config) -> None:
-  names = [c.name for c in config.columns]
-  if len(set(names)) != len(names):
-    raise ValueError(f"column names must be unique; got {names}.")
-  for column in config.columns:
-    if column.trunk not in config.trunks:
-      raise ValueError(f"column {column.name!r} uses trunk {column.trunk!r}; the config's trunks are "
-                       f"{sorted(config.trunks)}.")
-  for a, b in config.get("comparisons", ()):
-    _layers(config, a), _layers(config, b)
 
 
 def _cell(cell: dict | None) -> str:
