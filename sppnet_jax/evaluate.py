@@ -264,9 +264,8 @@ def save_predictions(workdir: str | pathlib.Path, predictions: dict[str, views.P
   for key, p in predictions.items():
     records[key] = {"index": p.index, "top1_wrong": p.top1_wrong, "top5_wrong": p.top5_wrong,
                     "checkpoint_step": np.int64(step), "params_digest": np.str_(checkpoint["digest"])}
-  tmp = path.with_name(path.stem + ".tmp.npz")
-  np.savez_compressed(tmp, **{f"{key}/{name}": value for key, r in records.items() for name, value in r.items()})
-  tmp.replace(path)
+  run_files.write_npz(path, compressed=True,
+                      **{f"{key}/{name}": value for key, r in records.items() for name, value in r.items()})
 
 
 def load_record(workdir: str | pathlib.Path, key: str) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import time
 
-from sppnet_jax import timing
+from sppnet_jax import run_files, timing
 
 RUN_FILES = ("config.json", "eval.json", "metrics.jsonl", "predictions.npz")
 WALL_TIME_FILE = "wall_time.json"
@@ -52,9 +52,7 @@ def record_wall_time(workdir: pathlib.Path, command: str, seconds: dict) -> None
   if started:
     seconds["job (set-up included)"] = time.time() - float(started)
   times[command] = {k: round(v, 1) for k, v in seconds.items()} | {"commit": COMMIT_AT_START}
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(times, indent=2))
-  tmp.replace(path)
+  run_files.write_json(path, times, indent=2)
 
 
 def publish(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
@@ -85,7 +83,7 @@ def publish(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Pat
       "wall_time_s": json.loads(wall.read_text()) if wall.exists() else None,
       "environment": timing.environment(),
   }
-  (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+  run_files.write_text(out / "provenance.json", json.dumps(provenance, indent=2) + "\n")
   return out
 
 

@@ -1,8 +1,9 @@
-"""JSON files of a run: written whole (a crash never leaves half a file) and read with errors
-that name the file and say how to go on.
+"""The files of a run (JSON, text, NumPy archives): written whole (a crash never leaves half a
+file) and read with errors that name the file and say how to go on.
 
-:func:`write_json` writes a temporary file beside the target and renames it over the target
-(``os.replace`` is atomic on one file system), so a reader sees the old file or the new one.
+:func:`write_text`, :func:`write_json` and :func:`write_npz` write a temporary file beside the
+target and rename it over the target (``os.replace`` is atomic on one file system), so a reader
+sees the old file or the new one; they are the project's one atomic writer.
 :func:`read_json` turns an empty, cut-short or garbled file into one ``ValueError`` naming the
 file, what is wrong with it and the remedy its caller gives.
 """
@@ -12,26 +13,38 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
+from typing import IO, Any, Callable
 
-__all__ = ["write_json", "write_text", "read_json"]
+import numpy as np
+
+__all__ = ["write_json", "write_text", "write_npz", "read_json"]
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically: a temporary file in the same directory, flushed to
-  disk, then renamed over ``path``. On an error the temporary file is removed and ``path`` is
-  left as it was."""
+def _write_whole(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+  """Runs ``write`` on a temporary file in ``path``'s directory, flushes it to disk and renames it
+  over ``path``. On an error the temporary file is removed and ``path`` is left as it was."""
   path = pathlib.Path(path)
   partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
-    with open(partial, "w") as f:
-      f.write(text)
+    with open(partial, "wb") as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(partial, path)
   except BaseException:
     partial.unlink(missing_ok=True)
     raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes ``text`` (UTF-8) to ``path`` atomically."""
+  _write_whole(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_npz(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> None:
+  """``np.savez`` (``np.savez_compressed`` with ``compressed``) of ``arrays`` to ``path`` atomically."""
+  save = np.savez_compressed if compressed else np.savez
+  _write_whole(path, lambda f: save(f, **arrays))
 
 
 def write_json(path: str | os.PathLike, value: Any, **dump_kwargs) -> None:

@@ -197,7 +197,7 @@ def shard_of_this_process() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 
 
-class _Preemption:
+class Preemption:
   """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks after every step:
   the run saves its state and stops cleanly. A second Ctrl-C aborts at once.
 
@@ -349,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   Another process training, evaluating or detecting in ``workdir`` is refused at once
   (``runlock.WorkdirBusyError``), before anything is written; the lock is held until this returns.
   """
-  with _Preemption() as preemption, contextlib.ExitStack() as held:  # a signal during set-up still stops cleanly
+  with Preemption() as preemption, contextlib.ExitStack() as held:  # a signal during set-up still stops cleanly
     return _run(config, pathlib.Path(workdir), preemption, extend, held)
 
 
@@ -436,7 +436,7 @@ class _Run:
   manager: Any
   writer: Any
   base_key: Array
-  preemption: _Preemption
+  preemption: Preemption
   observe: Callable  # (opt_state, validation error) -> opt_state: the plateau rule, compiled once
 
 
@@ -495,7 +495,7 @@ def smallest_input(model: models.SPPNet) -> int:
   return ops.min_input_size(layers)
 
 
-def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption,
+def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: Preemption,
             extend: bool, held: contextlib.ExitStack) -> tuple[_Run, TrainState, Progress]:
   t, d = config.train, config.data
   # Everything that can be refused is checked before anything is written.
@@ -681,7 +681,7 @@ def _evaluate_and_close(run: _Run, params, progress: Progress) -> dict:
   return results
 
 
-def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: _Preemption, extend: bool,
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, preemption: Preemption, extend: bool,
          held: contextlib.ExitStack) -> dict:
   run, state, progress = _set_up(config, workdir, preemption, extend, held)
   t = config.train

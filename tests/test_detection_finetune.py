@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from sppnet_jax.checkpoints import checkpoint_manager
+from sppnet_jax import run_files
 from sppnet_jax.detection import cache, finetune
 from sppnet_jax.detection.config import detection_config
 from sppnet_jax.metrics_io import read_metrics
@@ -26,7 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _write(path, feature_value: float):
   # GT class 2 at [0, 0, 19, 19]; windows: the GT itself (fg), IoU 0.25 (bg), far away (unused).
   windows = np.array([[0, 0, 19, 19], [10, 0, 29, 19], [60, 60, 79, 79]], np.float32)
-  cache.atomic_savez(path, windows=windows, num_gt=np.int64(1), pool5=np.full((3, 4), feature_value, np.float16),
+  run_files.write_npz(path, windows=windows, num_gt=np.int64(1), pool5=np.full((3, 4), feature_value, np.float16),
                      scale_index=np.zeros(3, np.int32), gt_boxes=windows[:1], gt_labels=np.array([2]),
                      gt_difficult=np.array([False]), image_hw=np.array([100, 100]), id=np.asarray("x"))
 
@@ -77,7 +78,7 @@ def test_a_pool_without_background_reads_on_until_it_has_one(tmp_path):
   for i, p in enumerate(paths):
     _write(p, i)
   only_fg = np.array([[0, 0, 19, 19]] * 3, np.float32)
-  cache.atomic_savez(paths[0], windows=only_fg, num_gt=np.int64(1), pool5=np.full((3, 4), 0, np.float16),
+  run_files.write_npz(paths[0], windows=only_fg, num_gt=np.int64(1), pool5=np.full((3, 4), 0, np.float16),
                      scale_index=np.zeros(3, np.int32), gt_boxes=only_fg[:1], gt_labels=np.array([2]),
                      gt_difficult=np.array([False]), image_hw=np.array([100, 100]), id=np.asarray("x"))
   sampler = finetune.PoolSampler.from_config(paths, _f(pool_images=1), seed=0)
@@ -122,7 +123,7 @@ def test_svm_images_are_read_several_at_a_time_with_fc7_by_hand(tmp_path):
     _write(p, 0.0)
     c = cache.read(p)
     c["pool5"] = rng.normal(0, 1, (3, 4)).astype(np.float16)
-    cache.atomic_savez(p, **c)
+    run_files.write_npz(p, **c)
   head = {"fc6": {"kernel": rng.normal(0, 1, (4, 6)).astype(np.float32), "bias": rng.normal(0, 1, 6).astype(np.float32)},
           "fc7": {"kernel": rng.normal(0, 1, (6, 6)).astype(np.float32), "bias": rng.normal(0, 1, 6).astype(np.float32)}}
   images = CachedFc7Images(paths, head, window_batch=4, read_images=2)

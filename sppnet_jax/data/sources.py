@@ -43,9 +43,7 @@ can wrap it. Images are always uint8 RGB: decoding and conversion (grey, alpha, 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import threading
 from pathlib import Path
@@ -53,6 +51,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sppnet_jax import run_files
 from sppnet_jax.data.decode import (CorruptImageError, as_rgb_uint8, decode_image_file, is_image_file,
                                     readable_extensions, to_rgb_uint8)
 from sppnet_jax.data.synthetic import CLASS_NAMES, SyntheticClassification
@@ -519,9 +518,7 @@ def class_names(name: str, *, train_split: str = 'train',
 def save_class_names(workdir: str | os.PathLike, names: Sequence[str]) -> Path:
   """Writes the run's class names to ``workdir/classes.json`` (atomically); returns its path."""
   path = Path(workdir) / CLASSES_FILE
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps({'class_names': [str(n) for n in names]}, indent=1))
-  os.replace(tmp, path)
+  run_files.write_json(path, {'class_names': [str(n) for n in names]}, indent=1)
   return path
 
 
@@ -530,9 +527,10 @@ def load_class_names(workdir: str | os.PathLike) -> tuple[str, ...] | None:
   path = Path(workdir) / CLASSES_FILE
   if not path.exists():
     return None
+  remedy = 'restore it or delete it to rebuild it from the training split'
   try:
-    names = json.loads(path.read_text())['class_names']
-  except (ValueError, KeyError, TypeError) as e:
+    names = run_files.read_json(path, remedy)['class_names']
+  except (KeyError, TypeError) as e:
     raise ValueError(f'{path} is not a class-name file ({type(e).__name__}: {e}); it should hold '
                      '{"class_names": [...]}; restore it or delete it to rebuild it from the '
                      'training split') from e

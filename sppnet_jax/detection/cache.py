@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
+from sppnet_jax import run_files
 from sppnet_jax.detection import features as feats
 from sppnet_jax.detection.trunk import Trunk
 
@@ -88,13 +89,6 @@ def image_proposals(image: np.ndarray, config: ml_collections.ConfigDict,
   return boxes[:int(p.max_per_image)]
 
 
-def atomic_savez(path: pathlib.Path, **arrays) -> None:
-  """``np.savez`` through a temporary name, so a killed run never leaves a half-written file."""
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def to_feature_dtype(pool5: np.ndarray, where: str) -> np.ndarray:
   """``pool5`` in the cache's 16-bit dtype; ValueError naming ``where`` if a value does not fit."""
   out = np.asarray(pool5).astype(FEATURE_DTYPE)
@@ -122,7 +116,7 @@ def cache_split(config: ml_collections.ConfigDict, trunk: Trunk, source, directo
     gt = ex["boxes"].astype(np.float32)
     windows = np.concatenate([gt, props]) if with_gt_windows else props
     wf = feats.window_features(trunk.model, trunk.params, ex["image"], windows, trunk.settings, with_fc7=False)
-    atomic_savez(path, windows=windows, num_gt=np.int64(len(gt) if with_gt_windows else 0),
+    run_files.write_npz(path, windows=windows, num_gt=np.int64(len(gt) if with_gt_windows else 0),
                  pool5=to_feature_dtype(wf.pool5, f"image {ex['id']!r}"), scale_index=wf.scale_index, gt_boxes=gt,
                  gt_labels=ex["labels"], gt_difficult=ex["difficult"], image_hw=np.asarray(ex["image"].shape[:2]),
                  id=np.asarray(ex["id"]))

@@ -133,16 +133,16 @@ SIMILARITIES = "CTSF"  # selective search's colour, texture, size and fill
 
 _PATH: checks.Check = (lambda v: isinstance(v, str)), "a path (a string; '' for none)"
 _OPTIONAL_PATH: checks.Check = (lambda v: v is None or isinstance(v, str)), "None or a path"
-_POSITIVE = checks._number(0.0, lo_open=True)
-_NON_NEGATIVE = checks._number(0.0)
-_OPEN_FRACTION = checks._number(0.0, 1.0, lo_open=True)
-_IOU = checks._number(0.0, 1.0, lo_open=True, hi_open=False)
-_UNIT = checks._number(0.0, 1.0, hi_open=False)
+_POSITIVE = checks.number(0.0, lo_open=True)
+_NON_NEGATIVE = checks.number(0.0)
+_OPEN_FRACTION = checks.number(0.0, 1.0, lo_open=True)
+_IOU = checks.number(0.0, 1.0, lo_open=True, hi_open=False)
+_UNIT = checks.number(0.0, 1.0, hi_open=False)
 
 
 def _not_nan(value: Any) -> bool:
   """A real number that is not NaN (infinities allowed)."""
-  return (checks._is_int(value) or isinstance(value, (float, np.floating))) and not math.isnan(float(value))
+  return (checks.is_int(value) or isinstance(value, (float, np.floating))) and not math.isnan(float(value))
 
 
 def _similarity_set(value: Any) -> bool:
@@ -152,106 +152,90 @@ def _similarity_set(value: Any) -> bool:
 
 
 def _positive_numbers(value: Any) -> bool:
-  return checks._is_seq(value) and len(value) > 0 and all(checks._is_number(x) and float(x) > 0 for x in value)
+  return checks.is_seq(value) and len(value) > 0 and all(checks.is_number(x) and float(x) > 0 for x in value)
 
 
 DETECTION_FIELDS: dict[str, checks.Check] = {
-    "dataset": checks._choice(DATASETS),
+    "dataset": checks.choice(DATASETS),
     "data_dir": _OPTIONAL_PATH,
-    "train_split": checks._STRING,
-    "test_split": checks._STRING,
-    "num_train": checks._optional(checks._int_at_least(1)),
-    "num_test": checks._optional(checks._int_at_least(1)),
-    "seed": checks._int_at_least(0),
+    "train_split": checks.STRING,
+    "test_split": checks.STRING,
+    "num_train": checks.optional(checks.int_at_least(1)),
+    "num_test": checks.optional(checks.int_at_least(1)),
+    "seed": checks.int_at_least(0),
     "trunk.workdir": (_PATH[0], "a classification workdir, or '' for a random trunk"),
-    "trunk.name": checks._choice(checks.MODEL_NAMES),
+    "trunk.name": checks.choice(checks.MODEL_NAMES),
     "trunk.width": _POSITIVE,
-    "trunk.depth": checks._optional(checks._int_at_least(1)),
-    "trunk.fc_width": checks._int_at_least(1),
-    "trunk.seed": checks._int_at_least(0),
-    "features.scales": checks._ints(1, nonempty=True),
+    "trunk.depth": checks.optional(checks.int_at_least(1)),
+    "trunk.fc_width": checks.int_at_least(1),
+    "trunk.seed": checks.int_at_least(0),
+    "features.scales": checks.ints(1, nonempty=True),
     "features.target_side": _POSITIVE,
-    "features.rule": checks._choice(FEATURE_RULES),
-    "features.size_multiple": checks._int_at_least(1),
-    "features.window_batch": checks._int_at_least(1),
-    "features.levels": checks._ints(1, nonempty=True),
+    "features.rule": checks.choice(FEATURE_RULES),
+    "features.size_multiple": checks.int_at_least(1),
+    "features.window_batch": checks.int_at_least(1),
+    "features.levels": checks.ints(1, nonempty=True),
     "proposals.file": _PATH,
     "proposals.test_file": _PATH,
-    "proposals.max_side": checks._optional(checks._int_at_least(1)),
-    "proposals.max_per_image": checks._int_at_least(1),
-    "proposals.min_box_size": checks._int_at_least(0),
+    "proposals.max_side": checks.optional(checks.int_at_least(1)),
+    "proposals.max_per_image": checks.int_at_least(1),
+    "proposals.min_box_size": checks.int_at_least(0),
     "proposals.ks": (_positive_numbers, "a non-empty sequence of numbers > 0"),
-    "proposals.strategies": ((lambda v: checks._is_seq(v) and len(v) > 0 and all(_similarity_set(s) for s in v)),
+    "proposals.strategies": ((lambda v: checks.is_seq(v) and len(v) > 0 and all(_similarity_set(s) for s in v)),
                              "a non-empty sequence of similarity sets, each made of the letters C, T, S, F "
                              "(e.g. ('CTSF', 'TSF'))"),
-    "finetune.steps": checks._int_at_least(0),
+    "finetune.steps": checks.int_at_least(0),
     "finetune.lr": _POSITIVE,
-    "finetune.lr_boundaries": checks._ints(0, nonempty=False),
+    "finetune.lr_boundaries": checks.ints(0, nonempty=False),
     "finetune.lr_decay": _POSITIVE,
-    "finetune.momentum": checks._number(0.0, 1.0),
+    "finetune.momentum": checks.number(0.0, 1.0),
     "finetune.weight_decay": _NON_NEGATIVE,
-    "finetune.batch_size": checks._int_at_least(2),
+    "finetune.batch_size": checks.int_at_least(2),
     "finetune.fg_fraction": _OPEN_FRACTION,
     "finetune.fg_iou": _IOU,
     "finetune.bg_iou_low": _UNIT,
     "finetune.bg_iou_high": _UNIT,
-    "finetune.dropout": checks._number(0.0, 1.0),
+    "finetune.dropout": checks.number(0.0, 1.0),
     "finetune.fc8_std": _NON_NEGATIVE,
-    "finetune.log_every": checks._int_at_least(1),
-    "finetune.pool_images": checks._int_at_least(1),
-    "finetune.pool_steps": checks._int_at_least(1),
-    "finetune.worker_count": checks._int_at_least(0),
-    "finetune.prefetch": checks._int_at_least(1),
-    "finetune.checkpoint_every": checks._int_at_least(1),
+    "finetune.log_every": checks.int_at_least(1),
+    "finetune.pool_images": checks.int_at_least(1),
+    "finetune.pool_steps": checks.int_at_least(1),
+    "finetune.worker_count": checks.int_at_least(0),
+    "finetune.prefetch": checks.int_at_least(1),
+    "finetune.checkpoint_every": checks.int_at_least(1),
     "svm.C": _POSITIVE,
     "svm.positive_weight": _POSITIVE,
     "svm.bias_multiplier": _POSITIVE,
     "svm.negative_iou": _IOU,
-    "svm.retrain_every": checks._int_at_least(1),
-    "svm.max_negatives": checks._optional(checks._int_at_least(1)),
-    "svm.read_images": checks._int_at_least(1),
+    "svm.retrain_every": checks.int_at_least(1),
+    "svm.max_negatives": checks.optional(checks.int_at_least(1)),
+    "svm.read_images": checks.int_at_least(1),
     "svm.target_norm": _POSITIVE,
-    "bbox.enabled": checks._BOOL,
+    "bbox.enabled": checks.BOOL,
     "bbox.lam": _POSITIVE,
     "bbox.min_overlap": _IOU,
-    "bbox.max_per_class": checks._optional(checks._int_at_least(1)),
+    "bbox.max_per_class": checks.optional(checks.int_at_least(1)),
     "test.nms": _UNIT,
-    "test.max_per_class": checks._int_at_least(1),
+    "test.max_per_class": checks.int_at_least(1),
     "test.score_threshold": (_not_nan, "a number (not NaN; -1e9 keeps every window)"),
 }
 
 
-def _field_problems(config: Any, fields: dict[str, checks.Check]) -> list[str]:
-  """One sentence per field of ``fields`` whose value in ``config`` is not allowed (absent fields pass)."""
-  problems = []
-  for field, (ok, allowed) in fields.items():
-    value = checks._lookup(config, field)
-    if value is checks._MISSING:
-      continue
-    try:
-      good = bool(ok(value))
-    except (TypeError, ValueError, OverflowError):
-      good = False
-    if not good:
-      problems.append(f"{field}={checks._show(value)} is not allowed: {allowed}")
-  return problems
-
-
 def detection_config_problems(config: Any) -> list[str]:
   """Every problem :func:`validate_detection_config` would report, one sentence each ([] when none)."""
-  problems = _field_problems(config, DETECTION_FIELDS)
-  get = lambda field: checks._lookup(config, field)
+  problems = checks.field_problems(config, DETECTION_FIELDS)
+  get = lambda field: checks.lookup(config, field)
   if get("dataset") == "synthetic":
     for field in ("num_train", "num_test"):
       if get(field) is None:
         problems.append(f"{field}=None is not allowed with dataset='synthetic': an integer >= 1 (the scenes are "
                         "generated, so their number must be given)")
   low, high = get("finetune.bg_iou_low"), get("finetune.bg_iou_high")
-  if checks._is_number(low) and checks._is_number(high) and not float(low) < float(high):
+  if checks.is_number(low) and checks.is_number(high) and not float(low) < float(high):
     problems.append(f"finetune.bg_iou_low={low!r} is not allowed with finetune.bg_iou_high={high!r}: a number "
                     "below it (background windows have their best IoU in [bg_iou_low, bg_iou_high))")
   batch, fg = get("finetune.batch_size"), get("finetune.fg_fraction")
-  if checks._is_int(batch) and batch >= 2 and checks._is_number(fg) and 0 < fg < 1 and \
+  if checks.is_int(batch) and batch >= 2 and checks.is_number(fg) and 0 < fg < 1 and \
       max(1, int(round(batch * float(fg)))) >= batch:
     problems.append(f"finetune.fg_fraction={fg!r} is not allowed with finetune.batch_size={batch}: a fraction that "
                     "leaves at least one background window in each mini-batch")

@@ -3,9 +3,10 @@
 From a detection workdir's test-split feature cache and its trained system:
 
 * **proposal recall**: the share of ground-truth objects that some proposal covers at IoU >= 0.5
-  (and 0.7); an object no proposal covers can never be detected, so recall caps every AP;
+  (and 0.7); an object no proposal covers can never be detected, so recall caps every AP
+  (objects marked difficult are left out, as VOC's AP leaves them out);
 * **window accuracy**: of the windows that overlap an object at IoU >= 0.5, the share whose
-  highest SVM score is the object's class;
+  highest SVM score is the object's class (classes without an SVM never win);
 * **best-window accuracy by object size**: for each object, its best-overlapping proposal
   (IoU >= 0.5) classified by the SVMs, grouped by the object's side (square root of its area, in
   bins of ``size_bin`` pixels of the original image), so a trunk that fails on small or large
@@ -48,8 +49,9 @@ def diagnose(workdir: str | pathlib.Path, size_bin: int = 40) -> dict:
   window_right = window_count = 0
   by_size: dict[int, list[int]] = {}
   for path in _cached_test_images(workdir):
-    image = cache.read_fields(path, ("windows", "pool5", "gt_boxes", "gt_labels"))
-    gt, windows = image["gt_boxes"], image["windows"]
+    image = cache.read_fields(path, ("windows", "pool5", "gt_boxes", "gt_labels", "gt_difficult"))
+    counted = ~image["gt_difficult"].astype(bool)
+    gt, labels, windows = image["gt_boxes"][counted], image["gt_labels"][counted], image["windows"]
     if not len(gt):
       continue
     if not len(windows):
@@ -57,9 +59,10 @@ def diagnose(workdir: str | pathlib.Path, size_bin: int = 40) -> dict:
       continue
     overlap = box_ops.iou_matrix(windows, gt)  # (windows, objects)
     best_iou.extend(overlap.max(axis=0).tolist())
-    predicted = system.window_scores(image["pool5"]).argmax(axis=1)
+    scores = system.window_scores(image["pool5"])
+    predicted = np.where(np.isnan(scores), -np.inf, scores).argmax(axis=1)
     covering = overlap.max(axis=1) >= 0.5
-    window_right += int((predicted[covering] == image["gt_labels"][overlap.argmax(axis=1)[covering]]).sum())
+    window_right += int((predicted[covering] == labels[overlap.argmax(axis=1)[covering]]).sum())
     window_count += int(covering.sum())
     for j in range(len(gt)):
       i = int(overlap[:, j].argmax())
@@ -67,7 +70,7 @@ def diagnose(workdir: str | pathlib.Path, size_bin: int = 40) -> dict:
         continue
       side = float(np.sqrt(box_ops.box_areas(gt[j:j + 1])[0]))
       tally = by_size.setdefault(int(side // size_bin) * size_bin, [0, 0])
-      tally[0] += int(predicted[i] == image["gt_labels"][j])
+      tally[0] += int(predicted[i] == labels[j])
       tally[1] += 1
   best = np.asarray(best_iou)
   return {

@@ -367,11 +367,11 @@ def finetune_from_cache(paths: Sequence, trunk_head: Any, num_fg: int, config: m
   one returns its parameters without a step), and SIGTERM or a first Ctrl-C saves the step reached and
   raises :class:`Stopped` (a second Ctrl-C aborts at once). ``metrics_dir``: see :func:`finetune_head`.
   """
-  from sppnet_jax.train import _Preemption
+  from sppnet_jax.train import Preemption
   f = config.finetune
   interval = checkpoint_interval(f)
   checkpoints = Checkpoints(pathlib.Path(checkpoint_dir), interval) if checkpoint_dir else None
-  with _Preemption() if checkpoints is not None else contextlib.nullcontext() as preemption:
+  with Preemption() if checkpoints is not None else contextlib.nullcontext() as preemption:
     n_fg, n_bg = count_windows(paths, f)
     if n_fg == 0:
       raise ValueError(f"no window overlaps a ground-truth box by IoU >= {f.fg_iou}: cannot fine-tune. Check the "

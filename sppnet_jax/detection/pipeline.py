@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from sppnet_jax import workdir as workdir_lib
+from sppnet_jax import run_files, workdir as workdir_lib
 from sppnet_jax.detection import bbox_regression, cache, data as det_data, finetune
 from sppnet_jax.detection import svm as svm_lib, system as system_lib
 from sppnet_jax.detection import features as feats
@@ -81,11 +81,11 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, star
   does not touch are kept (a new ``svm.C`` keeps the fine-tuned head), and so are the cached features."""
   path = workdir / "config.json"
   if path.exists():  # written before trunk paths were stored resolved: the same trunk, not a change
-    old = json.loads(path.read_text())
+    old = workdir_lib.read_config(workdir)
     trunk = (old.get("trunk") or {}).get("workdir")
     if trunk and not os.path.isabs(trunk):
       old["trunk"]["workdir"] = str(pathlib.Path(trunk).expanduser().resolve())
-      path.write_text(json.dumps(old, indent=2, sort_keys=True))
+      run_files.write_json(path, old, indent=2, sort_keys=True)
   changed = workdir_lib.check_config(config, workdir, has_outputs=lambda w: False)
   present = [name for name in TRAINED_OUTPUTS if (workdir / name).exists()]
   stale = [name for name in stale_outputs(changed) if name in present]
@@ -258,9 +258,9 @@ def train_and_evaluate_detection(config: ml_collections.ConfigDict, workdir: str
     # The final mAP's 95 % percentile-bootstrap interval over the test images (seeded).
     metrics["mAP_interval"] = list(system_lib.bootstrap_map(final, res["gts"], names,
                                                             trained=system.svms.trained))
-    cache.atomic_savez(workdir / "detections.npz",
+    run_files.write_npz(workdir / "detections.npz",
                        **{f"{i:06d}/{k}": v for i, d in enumerate(final) for k, v in d.items()})
-    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+    run_files.write_json(workdir / "metrics.json", metrics, indent=2, sort_keys=True, default=float)
     return metrics
 
   metrics = stage("test", workdir / "metrics.json", run_test,

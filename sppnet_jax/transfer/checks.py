@@ -38,31 +38,31 @@ def _mean(value: Any) -> bool:
 
 
 def _fraction_range(value: Any) -> bool:
-  ok, _ = checks._range(integer=False)
+  ok, _ = checks.value_range(integer=False)
   return ok(value) and float(value[1]) <= 1.0
 
 
 TRANSFER_FIELDS: dict[str, checks.Check] = {
     "task.name": (_task_name, f"one of {', '.join(repr(n) for n in TASK_NAMES)}, or 'folder:/path/to/root'"),
     "task.data_dir": ((lambda v: v is None or isinstance(v, str)), "None or a path"),
-    "task.num_train": checks._int_at_least(1),
-    "task.num_test": checks._int_at_least(1),
-    "task.num_examples": checks._int_at_least(1),
-    "task.seed": checks._int_at_least(0),
-    "task.max_objects": checks._int_at_least(1),
+    "task.num_train": checks.int_at_least(1),
+    "task.num_test": checks.int_at_least(1),
+    "task.num_examples": checks.int_at_least(1),
+    "task.seed": checks.int_at_least(0),
+    "task.max_objects": checks.int_at_least(1),
     "task.object_size": (_fraction_range, "a pair (low, high) of fractions of the short side with 0 < low <= high <= 1"),
     "trunk_dir": ((lambda v: isinstance(v, str)), "a path (a string; '' for <workdir>/trunks)"),
-    "svm.C": checks._number(0.0, lo_open=True),
-    "splits.num_splits": checks._int_at_least(1),
-    "splits.train_per_class": checks._int_at_least(1),
-    "splits.test_per_class": checks._int_at_least(1),
+    "svm.C": checks.number(0.0, lo_open=True),
+    "splits.num_splits": checks.int_at_least(1),
+    "splits.train_per_class": checks.int_at_least(1),
+    "splits.test_per_class": checks.int_at_least(1),
     "mean": (_mean, "'trunk' or a constant such as '128'"),
-    "crop_short_side": checks._optional(checks._int_at_least(0)),
-    "batch_size": checks._int_at_least(1),
-    "bucket": checks._int_at_least(1),
-    "max_aspect": checks._number(1.0),
-    "seed": checks._int_at_least(0),
-    "progress": checks._BOOL,
+    "crop_short_side": checks.optional(checks.int_at_least(0)),
+    "batch_size": checks.int_at_least(1),
+    "bucket": checks.int_at_least(1),
+    "max_aspect": checks.number(1.0),
+    "seed": checks.int_at_least(0),
+    "progress": checks.BOOL,
 }
 
 
@@ -77,71 +77,61 @@ def _layer_problem(layer: Any, view: Any) -> str | None:
 
 def _column_problems(config: Any) -> list[str]:
   """The columns: unique names, a trunk of the config, a view, a size, layers that view can give."""
-  columns, trunks = checks._lookup(config, "columns"), checks._lookup(config, "trunks")
-  if not checks._is_seq(columns) or not columns:
-    return [f"columns={checks._show(columns)} is not allowed: a non-empty list of columns "
+  columns, trunks = checks.lookup(config, "columns"), checks.lookup(config, "trunks")
+  if not checks.is_seq(columns) or not columns:
+    return [f"columns={checks.show(columns)} is not allowed: a non-empty list of columns "
             "(configs.column(name, trunk, view, size, layers))"]
   problems = []
   trunk_names = sorted(trunks) if hasattr(trunks, "keys") else []
-  names = [checks._lookup(c, "name") for c in columns]
+  names = [checks.lookup(c, "name") for c in columns]
   repeated = sorted({str(n) for n in names if names.count(n) > 1})
   if repeated:
-    problems.append(f"column names {checks._show(names)} are not allowed: unique names ({', '.join(repeated)} "
+    problems.append(f"column names {checks.show(names)} are not allowed: unique names ({', '.join(repeated)} "
                     "repeats)")
   for i, column in enumerate(columns):
-    name, trunk = checks._lookup(column, "name"), checks._lookup(column, "trunk")
-    view, size, layers = (checks._lookup(column, k) for k in ("view", "size", "layers"))
+    name, trunk = checks.lookup(column, "name"), checks.lookup(column, "trunk")
+    view, size, layers = (checks.lookup(column, k) for k in ("view", "size", "layers"))
     where = f"columns[{i}]" + (f" ({name!r})" if isinstance(name, str) and name else "")
     if not isinstance(name, str) or not name:
-      problems.append(f"{where}.name={checks._show(name)} is not allowed: a non-empty string")
+      problems.append(f"{where}.name={checks.show(name)} is not allowed: a non-empty string")
     if trunk not in trunk_names:
-      problems.append(f"{where}.trunk={checks._show(trunk)} is not allowed: one of the config's trunks "
+      problems.append(f"{where}.trunk={checks.show(trunk)} is not allowed: one of the config's trunks "
                       f"({', '.join(trunk_names) or 'none'})")
     if view not in features.VIEWS:
-      problems.append(f"{where}.view={checks._show(view)} is not allowed: one of "
+      problems.append(f"{where}.view={checks.show(view)} is not allowed: one of "
                       f"{', '.join(repr(v) for v in features.VIEWS)}")
-    if not (checks._is_int(size) and size >= 1):
-      problems.append(f"{where}.size={checks._show(size)} is not allowed: an integer >= 1 (pixels)")
-    if not checks._is_seq(layers) or not layers:
-      problems.append(f"{where}.layers={checks._show(layers)} is not allowed: a non-empty sequence of layers")
+    if not (checks.is_int(size) and size >= 1):
+      problems.append(f"{where}.size={checks.show(size)} is not allowed: an integer >= 1 (pixels)")
+    if not checks.is_seq(layers) or not layers:
+      problems.append(f"{where}.layers={checks.show(layers)} is not allowed: a non-empty sequence of layers")
     else:
       problems += [f"{where}.layers: {why}" for why in (_layer_problem(layer, view) for layer in layers) if why]
   return problems
 
 
 def _trunk_and_comparison_problems(config: Any) -> list[str]:
-  trunks = checks._lookup(config, "trunks")
+  trunks = checks.lookup(config, "trunks")
   problems = []
   if not hasattr(trunks, "items") or not len(trunks):
-    problems.append(f"trunks={checks._show(trunks)} is not allowed: a non-empty mapping name -> a training "
+    problems.append(f"trunks={checks.show(trunks)} is not allowed: a non-empty mapping name -> a training "
                     "workdir, 'synthetic:<variant>' or a .py config")
   else:
-    problems += [f"trunks.{name}={checks._show(spec)} is not allowed: a training workdir, 'synthetic:<variant>' or "
+    problems += [f"trunks.{name}={checks.show(spec)} is not allowed: a training workdir, 'synthetic:<variant>' or "
                  "a .py config" for name, spec in trunks.items() if not isinstance(spec, str) or not spec.strip()]
-  columns = checks._lookup(config, "columns")
-  names = {checks._lookup(c, "name") for c in columns} if checks._is_seq(columns) else set()
-  comparisons = checks._lookup(config, "comparisons")
-  for pair in (() if comparisons is checks._MISSING else comparisons):
-    if not checks._is_seq(pair) or len(pair) != 2 or not set(pair) <= names:
-      problems.append(f"comparisons item {checks._show(pair)} is not allowed: a pair (column A, column B) of the "
+  columns = checks.lookup(config, "columns")
+  names = {checks.lookup(c, "name") for c in columns} if checks.is_seq(columns) else set()
+  comparisons = checks.lookup(config, "comparisons")
+  for pair in (() if comparisons is checks.MISSING else comparisons):
+    if not checks.is_seq(pair) or len(pair) != 2 or not set(pair) <= names:
+      problems.append(f"comparisons item {checks.show(pair)} is not allowed: a pair (column A, column B) of the "
                       f"config's columns ({', '.join(sorted(map(str, names)))})")
   return problems
 
 
 def transfer_config_problems(config: Any) -> list[str]:
   """Every problem :func:`validate_transfer_config` would report, one sentence each ([] when none)."""
-  problems = []
-  for field, (ok, allowed) in TRANSFER_FIELDS.items():
-    value = checks._lookup(config, field)
-    if value is checks._MISSING:
-      continue
-    try:
-      good = bool(ok(value))
-    except (TypeError, ValueError, OverflowError):
-      good = False
-    if not good:
-      problems.append(f"{field}={checks._show(value)} is not allowed: {allowed}")
-  return problems + _trunk_and_comparison_problems(config) + _column_problems(config)
+  return (checks.field_problems(config, TRANSFER_FIELDS) + _trunk_and_comparison_problems(config)
+          + _column_problems(config))
 
 
 def validate_transfer_config(config: Any) -> None:

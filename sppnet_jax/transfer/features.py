@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from sppnet_jax import compiler, models, ops, views
+from sppnet_jax import compiler, models, ops, run_files, views
 from sppnet_jax.data import augment, pipeline
-from sppnet_jax.detection.cache import atomic_savez
 
 LAYERS = ("conv4", "conv5", "pool5", "spp", "fc6", "fc7")
 VIEWS = ("crop", "full")
@@ -221,5 +220,5 @@ def cached_extract(path: pathlib.Path, key: str, compute, layers: Sequence[str])
   half = np.finfo(np.float16).max
   stored = {name: x.astype(np.float16) if np.abs(x).max(initial=0.0) < half else x for name, x in feats.items()}
   path.parent.mkdir(parents=True, exist_ok=True)
-  atomic_savez(path, key=np.array(key), **stored)
+  run_files.write_npz(path, key=np.array(key), **stored)
   return {name: stored[name].astype(np.float32) for name in layers}
