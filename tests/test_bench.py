@@ -160,6 +160,13 @@ def test_interleaved_alternates_runners_and_times_every_round():
   assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
 
 
+def test_table10_fc_flops_by_hand():
+  """ZF-5 with SPP {6, 3, 2, 1}: 256 channels x 50 bins = 12,800 inputs to fc6 (4,096), then fc7 (4,096)."""
+  zf5 = models.create_model("zf5", num_classes=21)
+  assert table10.pooled_dim(zf5) == 12800
+  assert table10.fc_flops(zf5, 2000) == 2 * 2000 * (12800 * 4096 + 4096 * 4096)
+
+
 def test_table10_photos_are_colour_photographs():
   images = table10.photos()
   assert [im.shape for im in images] == [(512, 512, 3), (400, 600, 3), (427, 640, 3)]
