@@ -331,7 +331,7 @@ def test_detection_does_not_import_bench():
   assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-@pytest.mark.parametrize("name", ["zf5", "overfeat7"])
+@pytest.mark.parametrize("name", ["zf5", pytest.param("overfeat7", marks=pytest.mark.slow)])
 def test_fast_pool_and_lrn_give_the_reference_gradients(small_models, rng, name):
   """The whole network's loss gradient with ops.pooling.max_pool and models.lrn equals the one with
   flax's max_pool and the reduce-window/power LRN (op_profile.reference_ops), within float rounding.

@@ -102,7 +102,7 @@ def test_size_schedules():
     train.size_schedule(c)
 
 
-@pytest.mark.parametrize("device_augment", [False, True])
+@pytest.mark.parametrize("device_augment", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_full_mode_compiles_once_per_bucket_shape(tmp_path, device_augment):
   config = tiny_config("full", epochs=3)
   config.data.device_augment = device_augment  # True: resized uint8 images in, finished inside the step
@@ -117,7 +117,10 @@ def test_full_mode_compiles_once_per_bucket_shape(tmp_path, device_augment):
   assert steps == len(shapes), (compiles, shapes)  # one compile per bucket shape for the whole run
 
 
-@pytest.mark.parametrize("mode,workers", [("multi", 0), ("full", 0), pytest.param("multi", 1, marks=pytest.mark.slow)])
+# One real SIGKILL in the default tier (multi-size, the mode with two compiled steps); the whole-image
+# mode and worker processes in the slow tier.
+@pytest.mark.parametrize("mode,workers", [("multi", 0), pytest.param("full", 0, marks=pytest.mark.slow),
+                                          pytest.param("multi", 1, marks=pytest.mark.slow)])
 def test_sigkill_and_resume_gives_the_uninterrupted_parameters(tmp_path, mode, workers):
   config_file = write_config_file(tmp_path / "tiny.py", mode, epochs=3, ckpt=1)
   reference = tmp_path / "reference"
