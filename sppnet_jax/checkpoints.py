@@ -295,7 +295,7 @@ class _BadStep(Exception):
 
 
 class _Mismatch(_BadStep):
-  pass
+  """A readable step whose arrays have other shapes than the network asked for."""
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, state: Any, step: int | None = None) -> tuple[Any, dict]:

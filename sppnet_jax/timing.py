@@ -20,15 +20,21 @@ import jax
 import numpy as np
 
 
-def _cpu_model() -> str:
+def _cpuinfo_line(prefixes: tuple[str, ...]) -> str | None:
+  """The value of the first ``/proc/cpuinfo`` line starting with one of ``prefixes`` (None where
+  there is no such file or line)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
+        if line.startswith(prefixes):
           return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return None
+
+
+def _cpu_model() -> str:
+  return _cpuinfo_line(("model name",)) or platform.processor() or platform.machine()
 
 
 # The instruction-set extensions XLA's CPU code generator chooses kernels by: two CPUs of one
@@ -39,15 +45,8 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni
 
 def _cpu_flags() -> str:
   """The :data:`ISA_FLAGS` this CPU has, space-separated, in that order ("" where unknown)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith(("flags", "Features")):
-          have = set(line.split(":", 1)[1].split())
-          return " ".join(flag for flag in ISA_FLAGS if flag in have)
-  except OSError:
-    pass
-  return ""
+  have = set((_cpuinfo_line(("flags", "Features")) or "").split())
+  return " ".join(flag for flag in ISA_FLAGS if flag in have)
 
 
 def environment() -> dict[str, Any]:
